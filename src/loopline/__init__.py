@@ -1,0 +1,3 @@
+"""loopline: the whole machine-learning loop on one machine, scaling out when needed."""
+
+__version__ = "0.1.0"

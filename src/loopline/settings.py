@@ -1,0 +1,93 @@
+"""One place for configuration: `Settings`, read from `LOOPLINE_*` environment variables.
+
+Entry points (CLI, flows, the API, the app) build a `Settings()` and pass it down; library code
+never reads the environment itself. Nothing is created on import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of a loopline installation.
+
+    Every path defaults to a place under `home` so one folder holds a whole installation.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LOOPLINE_", extra="ignore")
+
+    home: Path = Field(default=Path("data"), description="Data home: lake, stores, logs.")
+    database_url: str | None = Field(
+        default=None, description="Metadata store URL; default SQLite under home."
+    )
+    use_case: str = Field(default="fraud", description="Use case spec name or YAML path.")
+    feature_repo: Path = Field(
+        default=PROJECT_ROOT / "feature_repo", description="Feast repository folder."
+    )
+    project_dir: Path = Field(default=PROJECT_ROOT, description="Checkout holding flows/.")
+    host: str = "127.0.0.1"
+    api_port: int = 8000
+    app_port: int = 8501
+    prefect_port: int = 4200
+    work_pool: str = "loopline"
+    sqlite_busy_timeout_ms: int = 30_000
+
+    @field_validator("home", "feature_repo", "project_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def metadata_url(self) -> str:
+        """SQLAlchemy URL of the metadata store."""
+        return self.database_url or f"sqlite:///{self.home / 'loopline.db'}"
+
+    @property
+    def lake_dir(self) -> Path:
+        """Root of the Delta tables."""
+        return self.home / "lake"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Root of the content-addressed artifact store."""
+        return self.home / "artifacts"
+
+    @property
+    def raw_dir(self) -> Path:
+        """Where the demo generator writes raw input files."""
+        return self.home / "raw"
+
+    @property
+    def features_dir(self) -> Path:
+        """Parquet exports of feature tables read by Feast's offline store."""
+        return self.home / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        """Feast registry and online store (embedded profile)."""
+        return self.home / "feast"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and logs of the processes `loopline up` starts."""
+        return self.home / "run"
+
+    @property
+    def prediction_log_dir(self) -> Path:
+        """Append-only prediction log written by the API."""
+        return self.home / "predictions"
+
+    @property
+    def prefect_api_url(self) -> str:
+        """URL of the Prefect server `loopline up` starts."""
+        return f"http://{self.host}:{self.prefect_port}/api"
+
+    def feast_env(self) -> dict[str, str]:
+        """Environment variables `feature_repo/feature_store.yaml` expands."""
+        return {"LOOPLINE_HOME": str(self.home)}
