@@ -1,0 +1,1 @@
+"""The data lake (versioned Delta tables) and the content-addressed artifact store."""

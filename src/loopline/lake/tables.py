@@ -1,0 +1,125 @@
+"""Versioned lake tables: Delta Lake written through `deltalake`, read by Polars and DuckDB.
+
+Every write is a new table version, so a model can record exactly which versions it saw and any
+past version can be read back. DuckDB reads tables through Arrow datasets (never through an
+extension download).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class LakeError(ValueError):
+    """A lake table name, version or write was invalid."""
+
+
+def table_uri(lake_dir: Path, name: str) -> str:
+    """Location of the table `name` under `lake_dir`.
+
+    Raises:
+        LakeError: the name is not a lowercase identifier (no paths, no dots).
+    """
+    if not _TABLE_NAME.match(name):
+        raise LakeError(f"table name '{name}' must match {_TABLE_NAME.pattern}")
+    return str(lake_dir / name)
+
+
+def exists(uri: str) -> bool:
+    """Whether a Delta table exists at `uri`."""
+    return DeltaTable.is_deltatable(uri)
+
+
+def current_version(uri: str) -> int | None:
+    """The newest version of the table, or None if there is no table yet."""
+    return DeltaTable(uri).version() if exists(uri) else None
+
+
+def append(uri: str, frame: pl.DataFrame, *, metadata: Mapping[str, str] | None = None) -> int:
+    """Append `frame` as a new table version (creating the table on first write).
+
+    Columns may be added over time (schema merge); a changed type fails the write, which
+    leaves the table unchanged.
+
+    Returns:
+        The version written.
+    """
+    if frame.is_empty():
+        raise LakeError("refusing to write an empty frame as a new table version")
+    commit = CommitProperties(custom_metadata=dict(metadata or {}))
+    write_deltalake(
+        uri,
+        frame.to_arrow(),
+        mode="append",
+        schema_mode="merge" if exists(uri) else None,
+        commit_properties=commit,
+    )
+    version = current_version(uri)
+    assert version is not None
+    return version
+
+
+def overwrite(uri: str, frame: pl.DataFrame, *, metadata: Mapping[str, str] | None = None) -> int:
+    """Replace the table's content with `frame` as a new version (history is kept)."""
+    commit = CommitProperties(custom_metadata=dict(metadata or {}))
+    write_deltalake(
+        uri, frame.to_arrow(), mode="overwrite", schema_mode="overwrite", commit_properties=commit
+    )
+    version = current_version(uri)
+    assert version is not None
+    return version
+
+
+def _load(uri: str, version: int | None) -> DeltaTable:
+    if not exists(uri):
+        raise LakeError(f"no lake table at {uri}")
+    table = DeltaTable(uri)
+    if version is not None:
+        if version < 0 or version > table.version():
+            raise LakeError(f"table {uri} has no version {version} (newest: {table.version()})")
+        table.load_as_version(version)
+    return table
+
+
+def read(uri: str, version: int | None = None) -> pl.DataFrame:
+    """Read a table (optionally an exact past version) into Polars."""
+    return pl.from_arrow(_load(uri, version).to_pyarrow_table())  # type: ignore[return-value]
+
+
+def arrow_dataset(uri: str, version: int | None = None) -> ds.Dataset:
+    """An Arrow dataset over a table version, for DuckDB's replacement scans."""
+    return _load(uri, version).to_pyarrow_dataset()
+
+
+def query(sql: str, tables: Mapping[str, tuple[str, int | None]]) -> pl.DataFrame:
+    """Run DuckDB SQL over lake tables registered under the given view names.
+
+    Args:
+        sql: The query; it refers to tables by the keys of `tables`.
+        tables: View name -> (table uri, version or None for newest).
+    """
+    with duckdb.connect() as con:
+        for name, (uri, version) in tables.items():
+            con.register(name, arrow_dataset(uri, version))
+        return con.sql(sql).pl()
+
+
+def frame_hash(frame: pl.DataFrame) -> str:
+    """A content hash of a frame (schema and values, in row order): 'sha256:<hex>'."""
+    sink = io.BytesIO()
+    table = frame.to_arrow()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return "sha256:" + hashlib.sha256(sink.getvalue()).hexdigest()

@@ -1,0 +1,357 @@
+"""Metadata store schema: runs, metrics, artifacts, datasets, models, aliases, gates, audit, drift.
+
+One SQLAlchemy 2 declarative model per concept. JSON columns hold open-ended maps (params,
+environment, details); everything that is listed or filtered on has its own indexed column.
+The schema already holds what the roadmap needs next (alias history, gate results, drift
+results, alerts) so later stages add rows, not redesigns. Alembic migrations under
+`store/migrations` create and evolve it; `Base.metadata` is their source of truth.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Timezone-aware current time in UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A fresh opaque identifier (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the metadata store; use UTC-aware values")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a stable constraint naming convention (for migrations)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: UTCDateTime()}
+
+
+class Run(Base):
+    """One execution of a stage (ingest, features, train, promote, monitor, pipeline)."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    use_case: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    environment: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    lock_hash: Mapped[str | None] = mapped_column(String(64))
+    prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    parent_run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    peak_memory_mb: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("ix_runs_kind_started", "kind", "started_at"),
+        Index("ix_runs_use_case_started", "use_case", "started_at"),
+        Index("ix_runs_status_started", "status", "started_at"),
+        Index("ix_runs_prefect_flow_run_id", "prefect_flow_run_id"),
+    )
+
+
+class RunMetric(Base):
+    """A metric value of a run at a step; final values use step 0 unless a history exists."""
+
+    __tablename__ = "run_metrics"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(200))
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    value: Mapped[float] = mapped_column(Float)
+    is_final: Mapped[bool] = mapped_column(Boolean, default=True)
+    logged_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("run_id", "key", "step", name="uq_run_metrics_run_key_step"),
+        Index("ix_run_metrics_key_value", "key", "value"),
+    )
+
+
+class RunTag(Base):
+    """A searchable tag of a run (the runs.tags JSON mirrors these for display)."""
+
+    __tablename__ = "run_tags"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str] = mapped_column(String(1000))
+
+    __table_args__ = (Index("ix_run_tags_key_value", "key", "value"),)
+
+
+class Artifact(Base):
+    """A content-addressed blob in the artifact store (id = 'sha256:<hex>')."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RunArtifact(Base):
+    """Which run produced or used which artifact, under which logical name."""
+
+    __tablename__ = "run_artifacts"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"), index=True)
+
+
+class DatasetVersion(Base):
+    """A version of a curated lake table, with its provenance."""
+
+    __tablename__ = "dataset_versions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset: Mapped[str] = mapped_column(String(200))
+    use_case: Mapped[str] = mapped_column(String(64))
+    table_version: Mapped[int] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(String(1000))
+    content_hash: Mapped[str] = mapped_column(String(80))
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    rows_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_accepted: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
+    schema_: Mapped[dict[str, Any]] = mapped_column("schema", default=dict)
+    sources: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("dataset", "table_version", name="uq_dataset_versions_dataset_version"),
+        Index("ix_dataset_versions_dataset_hash", "dataset", "content_hash"),
+        Index("ix_dataset_versions_dataset_created", "dataset", "created_at"),
+    )
+
+
+class Model(Base):
+    """A registered model name (one per use case by default)."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    use_case: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """An immutable trained model with its lineage."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    model_name: Mapped[str] = mapped_column(ForeignKey("models.name"))
+    version: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"))
+    feature_service: Mapped[str] = mapped_column(String(200))
+    feature_names: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reference_profile_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id"))
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("model_name", "version", name="uq_model_versions_name_version"),
+        Index("ix_model_versions_run_id", "run_id"),
+    )
+
+
+class ModelVersionDataset(Base):
+    """Lineage: which dataset versions a model version was trained on, in which role."""
+
+    __tablename__ = "model_version_datasets"
+
+    model_version_id: Mapped[str] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    dataset_version_id: Mapped[str] = mapped_column(
+        ForeignKey("dataset_versions.id"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(32))
+
+
+class Alias(Base):
+    """A movable name (champion, challenger) pointing at one model version.
+
+    `revision` increases on every move; a move states the revision it expects (compare-and-swap).
+    """
+
+    __tablename__ = "aliases"
+
+    model_name: Mapped[str] = mapped_column(ForeignKey("models.name"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AliasEvent(Base):
+    """Full history of alias moves (set, promote, rollback, delete)."""
+
+    __tablename__ = "alias_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(100))
+    alias: Mapped[str] = mapped_column(String(64))
+    from_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    to_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    revision: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_alias_events_model_alias_at", "model_name", "alias", "at"),)
+
+
+class GateResult(Base):
+    """The verdict of one promotion gate on one model version."""
+
+    __tablename__ = "gate_results"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    model_version_id: Mapped[str] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE")
+    )
+    gate: Mapped[str] = mapped_column(String(200))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    observed: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    evaluated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_gate_results_version", "model_version_id", "evaluated_at"),)
+
+
+class AuditEvent(Base):
+    """Who did what to which object, when: append-only."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    subject_type: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (
+        Index("ix_audit_events_subject", "subject_type", "subject_id", "at"),
+        Index("ix_audit_events_at", "at"),
+    )
+
+
+class DriftResult(Base):
+    """Drift of one feature (or the prediction) in one window against a model's reference."""
+
+    __tablename__ = "drift_results"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    feature: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(32))
+    statistic: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    sample_size: Mapped[int] = mapped_column(Integer)
+    reference_size: Mapped[int] = mapped_column(Integer)
+    profile_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_drift_results_version_window", "model_version_id", "window_end"),
+        Index("ix_drift_results_run", "run_id"),
+    )
+
+
+class Alert(Base):
+    """A raised condition (drift, decay, failed run) and its lifecycle."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    subject_type: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_alerts_status_created", "status", "created_at"),)
