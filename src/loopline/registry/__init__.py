@@ -1,0 +1,1 @@
+"""Model registry: versions with lineage, aliases with history, gates, audit trail."""

@@ -1,0 +1,1 @@
+"""Training: labelled training sets, time-ordered splits, LightGBM, evaluation."""
