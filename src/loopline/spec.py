@@ -76,10 +76,22 @@ class LabelSpec(TableSpec):
     delay_days: int = Field(ge=0, description="Days until an unlabelled event counts as negative.")
 
 
+class FeatureTable(_Strict):
+    """A feature table: computed from the curated events by a builder, served by Feast."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="Feast feature view name.")
+    entity: str = Field(description="Join key of the entity the table describes.")
+    builder: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'module:function' taking the events frame and as_of, returning the table.",
+    )
+
+
 class FeaturesSpec(_Strict):
     """Model inputs: request fields, the Feast feature service, and categorical fields."""
 
     service: str
+    tables: list[FeatureTable] = Field(min_length=1)
     request: list[str] = Field(description="Fields taken from the event itself.")
     categorical: list[str] = Field(default_factory=list)
 
@@ -145,6 +157,11 @@ class UseCaseSpec(_Strict):
             rule = self.events.columns.get(name)
             if rule is None or rule.type != "category":
                 raise ValueError(f"categorical feature '{name}' is not a category column")
+        for table in self.features.tables:
+            if table.entity not in self.entity_keys:
+                raise ValueError(
+                    f"feature table '{table.name}' uses unknown entity '{table.entity}'"
+                )
         for key in (e.join_key for e in self.entities):
             if key not in self.events.columns:
                 raise ValueError(f"entity join key '{key}' is not an events column")
