@@ -1,0 +1,280 @@
+"""The `loopline` command line: run stages, bring the platform up and down, inspect the stores.
+
+Every command builds `Settings()` from the environment and calls into the package. Bad input
+(unknown use case, invalid numbers, missing files, broken contracts) prints one line naming the
+problem and exits with code 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="loopline",
+    help="The whole ML loop on one machine: ingest, features, train, promote, serve, monitor.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
+models_app = typer.Typer(help="Inspect and move model versions.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
+
+console = Console()
+UseCase = Annotated[str, typer.Option("--use-case", "-u", help="Use case name or spec path.")]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the package's input errors into a one-line message and exit code 2."""
+    from loopline.data.contracts import ContractError
+    from loopline.lake.artifacts import ArtifactError
+    from loopline.registry.models import RegistryError
+    from loopline.spec import SpecError
+    from loopline.stages import StageError
+
+    try:
+        yield
+    except (SpecError, ContractError, StageError, RegistryError, ArtifactError) as exc:
+        _fail(str(exc))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        if type(exc).__name__.endswith("ConfigError"):
+            _fail(str(exc))
+        raise
+
+
+def _context(use_case: str) -> tuple[Any, Any]:
+    from loopline.settings import Settings
+    from loopline.spec import load_spec
+
+    settings = Settings()
+    with _user_errors():
+        spec = load_spec(use_case)
+    return settings, spec
+
+
+def _print(summary: dict[str, Any]) -> None:
+    console.print_json(json.dumps(summary, default=str))
+
+
+def _stage(function: Callable[..., dict[str, Any]], use_case: str, **kwargs: Any) -> None:
+    settings, spec = _context(use_case)
+    with _user_errors():
+        _print(function(settings, spec, **kwargs))
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Days of transactions.")] = 90,
+    customers: Annotated[int, typer.Option(min=1, max=1_000_000, help="Customers.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    drift_day: Annotated[
+        int | None, typer.Option(min=0, help="From this day on, amounts inflate, new fraud.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Write even if demo data exists.")] = False,
+) -> None:
+    """Generate the fraud demo's raw files under <home>/raw."""
+    from loopline.data.demo import DemoConfig, demo_present, generate_demo, write_demo
+    from loopline.settings import Settings
+
+    settings = Settings()
+    with _user_errors():
+        if demo_present(settings.raw_dir) and not force:
+            _fail(f"demo data already present in {settings.raw_dir} (use --force to rewrite)")
+        config = DemoConfig(days=days, customers=customers, seed=seed, drift_start_day=drift_day)
+        with console.status(f"generating {days} days x {customers} customers"):
+            data = generate_demo(config)
+            written = write_demo(data, settings.raw_dir)
+    console.print(
+        f"wrote {len(written)} files ({data.transactions.height} transactions) "
+        f"to {settings.raw_dir}"
+    )
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files to ingest.")] = None,
+    table: Annotated[str | None, typer.Option(help="Table the PATHs belong to.")] = None,
+    use_case: UseCase = "fraud",
+) -> None:
+    """Validate and append new raw files (default: everything under <home>/raw)."""
+    from loopline.stages import run_ingest
+
+    if paths and not table:
+        _fail("--table is required with explicit paths (e.g. --table transactions)")
+    for path in paths or []:
+        if not path.is_file():
+            _fail(f"input file not found: {path}")
+    _stage(run_ingest, use_case, paths={table: paths} if paths and table else None)
+
+
+@app.command()
+def features(use_case: UseCase = "fraud") -> None:
+    """Compute feature tables, apply the Feast repo and materialize online."""
+    from loopline.stages import run_features
+
+    _stage(run_features, use_case)
+
+
+@app.command()
+def train(use_case: UseCase = "fraud") -> None:
+    """Train a model version on a point-in-time training set and evaluate its gates."""
+    from loopline.stages import run_train
+
+    _stage(run_train, use_case)
+
+
+@app.command()
+def promote(
+    version: Annotated[int | None, typer.Option(min=1, help="Version (default newest).")] = None,
+    force: Annotated[bool, typer.Option(help="Promote even if gates failed.")] = False,
+    actor: Annotated[str, typer.Option(help="Who promotes (audit trail).")] = "cli",
+    use_case: UseCase = "fraud",
+) -> None:
+    """Make a model version the champion if its gates passed."""
+    from loopline.stages import run_promote
+
+    _stage(run_promote, use_case, model_version=version, actor=actor, force=force)
+
+
+@app.command()
+def monitor(use_case: UseCase = "fraud") -> None:
+    """Profile served predictions and compare them with the training reference."""
+    from loopline.stages import run_monitor
+
+    _stage(run_monitor, use_case)
+
+
+@app.command()
+def pipeline(use_case: UseCase = "fraud") -> None:
+    """Run ingest, features, train, promote and monitor in this process (no Prefect)."""
+    from loopline import stages
+
+    settings, spec = _context(use_case)
+    steps = [stages.run_ingest, stages.run_features, stages.run_train, stages.run_promote]
+    with _user_errors():
+        for step in steps:
+            with console.status(step.__name__.removeprefix("run_")):
+                result = step(settings, spec)
+            console.print(f"[green]✓[/] {step.__name__.removeprefix('run_')}")
+            _print(result)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port.")] = None,
+) -> None:
+    """Run the prediction API in the foreground."""
+    import uvicorn
+
+    from loopline.settings import Settings
+
+    settings = Settings()
+    uvicorn.run(
+        "loopline.serving.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.api_port,
+    )
+
+
+@runs_app.command("list")
+def runs_list(
+    kind: Annotated[str | None, typer.Option(help="Only runs of this kind.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the newest runs with their status and metrics."""
+    from loopline.inspect import list_runs
+    from loopline.settings import Settings
+    from loopline.store import Store
+
+    rows = list_runs(Store.open(Settings()), kind=kind, limit=limit)
+    if as_json:
+        _print({"runs": rows})
+        return
+    table = Table("run", "kind", "status", "started", "duration", "metrics", "flow run")
+    for row in rows:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(row["metrics"].items()))
+        duration = f"{row['duration_s']:.1f}s" if row["duration_s"] is not None else "-"
+        table.add_row(
+            row["id"][:8], row["kind"], row["status"], row["started_at"][:19], duration,
+            metrics, (row["prefect_flow_run_id"] or "-")[:8],
+        )  # fmt: skip
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List model versions with their metrics, gates and aliases."""
+    from loopline.inspect import list_model_versions
+    from loopline.settings import Settings
+    from loopline.store import Store
+
+    rows = list_model_versions(Store.open(Settings()))
+    if as_json:
+        _print({"model_versions": rows})
+        return
+    table = Table("model", "version", "aliases", "metrics", "gates", "run", "created")
+    for row in rows:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(row["metrics"].items()))
+        gates = "passed" if row["gates_passed"] else "failed"
+        table.add_row(
+            row["model_name"], str(row["version"]), ",".join(row["aliases"]) or "-", metrics,
+            gates, row["run_id"][:8], row["created_at"][:19],
+        )  # fmt: skip
+    console.print(table)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    reason: Annotated[str, typer.Option(help="Why (audit trail).")] = "",
+    actor: Annotated[str, typer.Option(help="Who (audit trail).")] = "cli",
+    use_case: UseCase = "fraud",
+) -> None:
+    """Move the champion back to the version it pointed at before."""
+    from loopline.registry.models import CHAMPION, rollback_alias
+    from loopline.store import Store
+
+    settings, spec = _context(use_case)
+    with _user_errors(), Store.open(settings).session() as session:
+        event = rollback_alias(
+            session, model_name=spec.model_name, alias=CHAMPION, actor=actor, reason=reason
+        )
+        console.print(f"champion rolled back (revision {event.revision})")
+
+
+def main() -> None:
+    """Console entry point: usage errors print one line and exit with code 2."""
+    # Typer 0.29 vendors click; its exceptions live in typer._click.
+    from typer._click import exceptions as click_errors
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError:
+        sys.exit(0)  # the help text was printed while the error was built
+    except click_errors.ClickException as exc:
+        where = f" ({exc.ctx.command_path})" if getattr(exc, "ctx", None) else ""
+        typer.echo(f"error{where}: {exc.format_message()}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,1 @@
+"""Data sources, contracts, ingest and the demo-data generator."""
