@@ -47,17 +47,46 @@ def current_version(uri: str) -> int | None:
     return DeltaTable(uri).version() if exists(uri) else None
 
 
+def schema(uri: str) -> dict[str, pl.DataType]:
+    """Column name -> Polars dtype of the newest table version."""
+    arrow_schema = pa.schema(DeltaTable(uri).schema().to_arrow())
+    return dict(pl.from_arrow(arrow_schema.empty_table()).schema)  # type: ignore[union-attr]
+
+
+def breaking_changes(uri: str, frame: pl.DataFrame) -> list[str]:
+    """Why appending `frame` would break the table's schema (empty when it is additive only).
+
+    Deltalake would silently cast a changed type when values happen to parse, so the check is
+    explicit: every existing column must keep its exact type; new columns may be added.
+    """
+    if not exists(uri):
+        return []
+    problems = []
+    for name, dtype in schema(uri).items():
+        if name not in frame.schema:
+            problems.append(f"column '{name}' is missing (was {dtype})")
+        elif frame.schema[name] != dtype:
+            problems.append(f"column '{name}' changes type from {dtype} to {frame.schema[name]}")
+    return problems
+
+
 def append(uri: str, frame: pl.DataFrame, *, metadata: Mapping[str, str] | None = None) -> int:
     """Append `frame` as a new table version (creating the table on first write).
 
-    Columns may be added over time (schema merge); a changed type fails the write, which
-    leaves the table unchanged.
+    Columns may be added over time (schema merge); a dropped column or a changed type is
+    refused before anything is written.
 
     Returns:
         The version written.
+
+    Raises:
+        LakeError: the frame is empty or breaks the table's schema.
     """
     if frame.is_empty():
         raise LakeError("refusing to write an empty frame as a new table version")
+    problems = breaking_changes(uri, frame)
+    if problems:
+        raise LakeError(f"breaking schema change for {uri}: " + "; ".join(problems))
     commit = CommitProperties(custom_metadata=dict(metadata or {}))
     write_deltalake(
         uri,
