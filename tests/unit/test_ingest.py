@@ -15,7 +15,10 @@ from loopline.store import Store
 from loopline.store.tables import DatasetVersion
 
 SPEC = load_spec("fraud")
-HEADER = "transaction_id,event_timestamp,customer_id,merchant_id,amount,merchant_category,channel,country,hour"
+HEADER = (
+    "transaction_id,event_timestamp,customer_id,merchant_id,amount,"
+    "merchant_category,channel,country,hour"
+)
 GOOD = [
     "tx-1,2026-01-01T10:00:00Z,1,2,10.50,grocery,chip,US,10",
     "tx-2,2026-01-01T11:30:00+00:00,1,3,99.00,travel,online,GB,11",
@@ -64,7 +67,7 @@ def test_missing_column_is_named(tmp_path: Path) -> None:
         read_batch(path, SPEC.events)
 
 
-def _ingest(settings: Settings, store: Store, paths: list[Path]):  # noqa: ANN202
+def _ingest(settings: Settings, store: Store, paths: list[Path]):
     return ingest_files(
         store, lake_dir=settings.lake_dir, table=SPEC.events, use_case="fraud", paths=paths,
         run_id=None,
@@ -107,5 +110,5 @@ def test_ids_already_ingested_are_refused(settings: Settings) -> None:
 
 
 def test_missing_file_is_a_clear_error(settings: Settings) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.csv"):
         _ingest(settings, Store.open(settings), [settings.raw_dir / "nope.csv"])
