@@ -32,6 +32,7 @@ import json
 import math
 import numbers
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -288,6 +289,7 @@ class _World:
     m_category: np.ndarray  # per merchant: category index
     m_country: np.ndarray
     m_scale: np.ndarray
+    m_size: np.ndarray  # per merchant: index in _MERCHANT_SIZES
     m_popularity: np.ndarray
     start: date
     start_us: int
@@ -321,10 +323,9 @@ def generate_demo(config: DemoConfig, *, spec: UseCaseSpec | None = None) -> Dem
     """
     spec = spec or load_spec(USE_CASE)
     rng = np.random.default_rng(config.seed)
-    categories = _category_values(spec, "merchant_category", required=DRIFT_CATEGORY)
-    channels = _category_values(spec, "channel", required=ONLINE)
-    countries = _category_values(spec, "country", required=HOME_COUNTRY)
-    _category_values(spec, "country", required=DRIFT_COUNTRY)
+    categories = _category_values(spec, "merchant_category", required=(DRIFT_CATEGORY,))
+    channels = _category_values(spec, "channel", required=(ONLINE,))
+    countries = _category_values(spec, "country", required=(HOME_COUNTRY, DRIFT_COUNTRY))
 
     customers, world = _make_world(rng, config, categories, channels, countries)
     merchants = _merchant_frame(world)
@@ -383,13 +384,14 @@ def generate_demo(config: DemoConfig, *, spec: UseCaseSpec | None = None) -> Dem
     return DemoData(transactions, labels, customers, merchants, config)
 
 
-def _category_values(spec: UseCaseSpec, column: str, *, required: str) -> list[str]:
+def _category_values(spec: UseCaseSpec, column: str, *, required: tuple[str, ...]) -> list[str]:
     rule = spec.events.columns.get(column)
     if rule is None or not rule.values:
         raise ValueError(f"spec '{spec.name}': events column '{column}' with categories is needed")
-    if required not in rule.values:
+    missing = [v for v in required if v not in rule.values]
+    if missing:
         raise ValueError(
-            f"spec '{spec.name}': events column '{column}' must allow '{required}' "
+            f"spec '{spec.name}': events column '{column}' must allow {missing} "
             f"for the demo simulation"
         )
     return list(rule.values)
@@ -461,6 +463,7 @@ def _make_world(
         m_category=m_category,
         m_country=m_country,
         m_scale=m_scale,
+        m_size=m_size,
         m_popularity=m_popularity,
         start=config.start,
         start_us=_epoch_us(config.start),
@@ -476,16 +479,10 @@ def _merchant_frame(world: _World) -> pl.DataFrame:
             "merchant_id": pl.Series(np.arange(1, n_m + 1), dtype=pl.Int64),
             "merchant_category": _names(world.categories, world.m_category),
             "country": _names(world.countries, world.m_country),
-            "size": _names(list(_MERCHANT_SIZES), _size_of(world.m_popularity)),
+            "size": _names(list(_MERCHANT_SIZES), world.m_size),
             "amount_scale": pl.Series(world.m_scale, dtype=pl.Float64),
         }
     )
-
-
-def _size_of(popularity: np.ndarray) -> np.ndarray:
-    # Popularity is size x lognormal noise; recover the size class from its nearest base level.
-    log_pop = np.log(popularity)[:, None]
-    return np.abs(log_pop - np.log(_SIZE_POPULARITY)[None, :]).argmin(axis=1)
 
 
 def _legit_events(
@@ -756,7 +753,12 @@ def write_demo(data: DemoData, out_dir: Path, *, batch_days: int = 7) -> list[Pa
     same way by label time), ``customers.csv``, ``merchants.csv`` and, written last, the manifest
     ``demo.json`` (config, files, row counts) that :func:`demo_present` checks. Batches are
     aligned on ``data.config.start``; days without rows get no file. Timestamps are ISO-8601
-    with a ``+00:00`` offset. Existing files of the same name are replaced.
+    with a ``+00:00`` offset.
+
+    Rewriting a folder replaces the previous demo: its manifest is removed first, files of the
+    same name are replaced, and files the previous manifest listed but this demo does not write
+    (say, the later batches of a longer period) are deleted, so a shorter rewrite never leaves
+    stale batches behind. Files the manifest did not list are never touched.
 
     Args:
         data: The generated demo.
@@ -772,6 +774,9 @@ def write_demo(data: DemoData, out_dir: Path, *, batch_days: int = 7) -> list[Pa
     if isinstance(batch_days, bool) or not isinstance(batch_days, int) or batch_days < 1:
         raise ValueError(f"batch_days: must be an integer >= 1, got {batch_days!r}")
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = _listed_files(out_dir)
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     start = data.config.start
     written: list[Path] = []
     for folder, frame, column in (
@@ -791,13 +796,17 @@ def write_demo(data: DemoData, out_dir: Path, *, batch_days: int = 7) -> list[Pa
         _write_csv_atomic(frame, path)
         written.append(path)
 
+    names = [p.relative_to(out_dir).as_posix() for p in written]
+    for stale in sorted(set(previous) - set(names)):
+        (out_dir / stale).unlink(missing_ok=True)
+
     manifest = {
         "use_case": USE_CASE,
         "config": {
             k: (v.isoformat() if isinstance(v, date) else v) for k, v in asdict(data.config).items()
         },
         "batch_days": batch_days,
-        "files": [p.relative_to(out_dir).as_posix() for p in written],
+        "files": names,
         "rows": {"transactions": data.transactions.height, "labels": data.labels.height},
     }
     path = out_dir / MANIFEST_NAME
@@ -808,13 +817,27 @@ def write_demo(data: DemoData, out_dir: Path, *, batch_days: int = 7) -> list[Pa
 
 def demo_present(out_dir: Path) -> bool:
     """Whether ``out_dir`` holds a completely written demo (its manifest and every listed file)."""
-    path = Path(out_dir) / MANIFEST_NAME
+    files = _listed_files(Path(out_dir))
+    return bool(files) and all((Path(out_dir) / f).is_file() for f in files)
+
+
+# Only names the writer produces; a hand-edited manifest cannot point the writer elsewhere.
+_DEMO_FILE = re.compile(
+    r"^(transactions/transactions|labels/labels)_\d{4}-\d{2}-\d{2}\.csv$|^(customers|merchants)\.csv$"
+)
+
+
+def _listed_files(out_dir: Path) -> list[str]:
+    """Files listed by the demo manifest in ``out_dir``; empty if it is missing or invalid."""
     try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
+        files = json.loads((out_dir / MANIFEST_NAME).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return bool(files) and all(isinstance(f, str) and (Path(out_dir) / f).is_file() for f in files)
+        return []
+    if not isinstance(files, list) or not all(
+        isinstance(f, str) and _DEMO_FILE.match(f) for f in files
+    ):
+        return []
+    return files
 
 
 def _write_csv_atomic(frame: pl.DataFrame, path: Path) -> None:
