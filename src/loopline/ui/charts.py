@@ -88,7 +88,10 @@ def alias_timeline(events: pl.DataFrame) -> alt.LayerChart:
 def drift(drift: pl.DataFrame) -> alt.LayerChart:
     """Drift statistic per feature over windows, with each feature's threshold dashed.
 
-    Drifted windows are drawn as filled points. Args: a `queries.drift_results` frame.
+    Drifted windows are drawn as filled points, the others hollow.
+
+    Args:
+        drift: a `queries.drift_results` frame.
     """
     data = drift.select(
         "feature", "window_end", "statistic", "threshold", "drifted", "sample_size", "version"
@@ -101,7 +104,6 @@ def drift(drift: pl.DataFrame) -> alt.LayerChart:
     threshold = base.mark_line(strokeDash=[4, 4], opacity=0.6).encode(y="threshold:Q")
     points = base.mark_point(size=70).encode(
         y="statistic:Q",
-        shape=alt.Shape("drifted:N", title="drifted"),
         fill=alt.condition("datum.drifted", alt.Color("feature:N"), alt.value("white")),
         tooltip=[
             "feature",

@@ -99,15 +99,17 @@ def current_panel() -> Panel:
 
 def nothing_yet(what: str) -> None:
     """The friendly empty-state message every page shows instead of an empty view."""
-    st.info(f"Nothing yet: {what}. Run `loopline up` to start the loop.", icon="🌱")
+    st.info(f"Nothing yet: {what}. Run `loopline up` to start the loop.", icon=":material/eco:")
 
 
 def column_config(frame: pl.DataFrame) -> dict[str, Any]:
-    """Display formats by dtype: minutes for timestamps, 4 decimals for floats."""
+    """Display formats by dtype: minutes for timestamps, seconds for `*_s`, else 4 decimals."""
     config: dict[str, Any] = {}
     for name, dtype in frame.schema.items():
         if isinstance(dtype, pl.Datetime):
             config[name] = st.column_config.DatetimeColumn(name, format=TIME_FORMAT)
+        elif dtype == pl.Float64 and name.endswith("_s"):
+            config[name] = st.column_config.NumberColumn(name, format="%.1f s")
         elif dtype == pl.Float64:
             config[name] = st.column_config.NumberColumn(name, format="%.4f")
     return config
