@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from loopline.lake.artifacts import ArtifactStore
 from loopline.store import Store
-from loopline.store.tables import Artifact, Run, RunArtifact, RunMetric, RunTag, utcnow
+from loopline.store.tables import Artifact, Run, RunArtifact, RunMetric, RunTag, new_id, utcnow
 
 _TRACKED_PACKAGES = (
     "loopline", "prefect", "feast", "lightgbm", "polars", "duckdb", "deltalake", "whylogs",
@@ -138,6 +138,7 @@ def tracked_run(
 ) -> Iterator[RunHandle]:
     """Record a stage execution as a run; failed if the body raises (the error re-raises)."""
     run = Run(
+        id=new_id(),
         kind=kind,
         use_case=use_case,
         name=name or kind,

@@ -13,7 +13,7 @@ last complete day before `as_of` (or the last transaction day when `as_of` is no
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import polars as pl
@@ -153,9 +153,7 @@ def _snapshots(
         if as_of.tzinfo is None or as_of.utcoffset() is None:
             raise ValueError("as_of: must be timezone-aware (UTC), got a naive datetime")
         # The last complete day is the one that ended at or before as_of.
-        last_day = (pl.Series([as_of]).dt.convert_time_zone("UTC").dt.date()[0]) - timedelta(
-            days=1
-        )
+        last_day = as_of.astimezone(UTC).date() - timedelta(days=1)
 
     # DuckDB sees naive UTC timestamps, so day boundaries never depend on its session time zone.
     frame = tx.select(
