@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     prefect_port: int = 4200
     work_pool: str = "loopline"
     sqlite_busy_timeout_ms: int = 30_000
+    model_refresh_s: float = Field(default=2.0, gt=0, description="Champion re-check period.")
 
     @field_validator("home", "feature_repo", "project_dir")
     @classmethod

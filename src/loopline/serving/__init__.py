@@ -1,0 +1,1 @@
+"""Serving: the FastAPI prediction API, the champion model cache and the prediction log."""
