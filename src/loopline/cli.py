@@ -264,10 +264,23 @@ def models_rollback(
         console.print(f"champion rolled back (revision {event.revision})")
 
 
+def quiet_libraries() -> None:
+    """Silence library chatter that says nothing to a loopline user (deprecations inside
+    ibis and Feast's advisory about a flag it does honour)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("feast").setLevel(logging.ERROR)
+
+
 def main() -> None:
     """Console entry point: usage errors print one line and exit with code 2."""
     # Typer 0.29 vendors click; its exceptions live in typer._click.
     from typer._click import exceptions as click_errors
+
+    quiet_libraries()
 
     try:
         code = app(standalone_mode=False)
