@@ -196,6 +196,32 @@ def serve(
     )
 
 
+@app.command()
+def replay(
+    n: Annotated[int, typer.Option(min=1, max=100_000, help="Newest events to send.")] = 500,
+    url: Annotated[str | None, typer.Option(help="API base URL (default: settings).")] = None,
+    use_case: UseCase = "fraud",
+) -> None:
+    """Send the newest curated events to the prediction API (demo traffic), with progress."""
+    from rich.progress import Progress
+
+    from loopline.lake import tables
+    from loopline.serving.traffic import request_bodies, send
+
+    settings, spec = _context(use_case)
+    uri = tables.table_uri(settings.lake_dir, spec.events.table)
+    if not tables.exists(uri):
+        _fail(f"no curated '{spec.events.table}' table in {settings.lake_dir}: ingest first")
+    bodies = request_bodies(tables.read(uri), spec, n=n)
+    base = url or f"http://{settings.host}:{settings.api_port}"
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"POST {base}/predict", total=len(bodies))
+        report = send(base, bodies, on_response=lambda _status: progress.advance(task))
+    _print(report.as_dict())
+    if report.ok == 0:
+        _fail(f"no request succeeded against {base}: {report.errors[:1]}")
+
+
 @runs_app.command("list")
 def runs_list(
     kind: Annotated[str | None, typer.Option(help="Only runs of this kind.")] = None,

@@ -1,0 +1,90 @@
+"""Replay curated events against a running prediction API: demo traffic and smoke checks.
+
+The bodies are built from the use-case spec (entity keys plus request fields), so replaying
+works for any use case. Sending is sequential and bounded: it is a demo and test tool, not a
+load generator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import polars as pl
+
+from loopline.spec import UseCaseSpec
+
+
+@dataclass
+class ReplayReport:
+    """What a replay sent and got back."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able summary with latency percentiles."""
+        ordered = sorted(self.latencies_ms)
+
+        def pct(q: float) -> float | None:
+            return (
+                round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else None
+            )
+
+        return {
+            "sent": self.sent,
+            "ok": self.ok,
+            "failed": self.failed,
+            "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99),
+            "errors": self.errors[:5],
+        }
+
+
+def request_bodies(events: pl.DataFrame, spec: UseCaseSpec, *, n: int) -> list[dict[str, Any]]:
+    """The newest `n` events as /predict bodies (entity keys + request fields + request id)."""
+    columns = list(dict.fromkeys([*spec.entity_keys, *spec.features.request]))
+    newest = events.sort(spec.events.timestamp).tail(n)
+    bodies = newest.select(columns).to_dicts()
+    ids = newest.get_column(spec.events.id).to_list() if spec.events.id else [None] * len(bodies)
+    for body, event_id in zip(bodies, ids, strict=True):
+        if event_id is not None:
+            body["request_id"] = f"replay-{event_id}"[:64]
+    return bodies
+
+
+def send(
+    base_url: str,
+    bodies: list[dict[str, Any]],
+    *,
+    timeout_s: float = 10.0,
+    on_response: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """POST every body to `<base_url>/predict`, in order; never raises on a failed request."""
+    report = ReplayReport()
+    with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
+        for body in bodies:
+            started = time.perf_counter()
+            try:
+                response = client.post("/predict", json=body)
+                status = response.status_code
+            except httpx.HTTPError as exc:
+                status, response = 0, None
+                report.errors.append(f"{type(exc).__name__}: {exc}")
+            report.sent += 1
+            if status == 200:
+                report.ok += 1
+                report.latencies_ms.append((time.perf_counter() - started) * 1000)
+            else:
+                report.failed += 1
+                if response is not None:
+                    report.errors.append(f"{status}: {response.text[:200]}")
+            if on_response is not None:
+                on_response(status)
+    return report
