@@ -163,7 +163,7 @@ def _snapshots(
         pl.col("channel").cast(pl.String),
         pl.col("country").cast(pl.String),
     )
-    con = duckdb.connect()
+    con = duckdb.connect(config={"enable_progress_bar": False})
     try:
         # One thread: floating-point sums are then reproducible bit for bit across runs.
         con.execute("SET threads = 1")

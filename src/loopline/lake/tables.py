@@ -139,7 +139,7 @@ def query(sql: str, tables: Mapping[str, tuple[str, int | None]]) -> pl.DataFram
         sql: The query; it refers to tables by the keys of `tables`.
         tables: View name -> (table uri, version or None for newest).
     """
-    with duckdb.connect() as con:
+    with duckdb.connect(config={"enable_progress_bar": False}) as con:
         for name, (uri, version) in tables.items():
             con.register(name, arrow_dataset(uri, version))
         return con.sql(sql).pl()
