@@ -163,10 +163,11 @@ def _snapshots(
         pl.col("channel").cast(pl.String),
         pl.col("country").cast(pl.String),
     )
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
     try:
         # One thread: floating-point sums are then reproducible bit for bit across runs.
         con.execute("SET threads = 1")
+        con.execute("SET enable_progress_bar = false")  # it would print into our stdout
         con.register("tx_input", frame.to_arrow())
         out = pl.from_arrow(con.sql(_SQL, params={"last_day": last_day}).to_arrow_table())
     finally:

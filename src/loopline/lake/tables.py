@@ -139,7 +139,8 @@ def query(sql: str, tables: Mapping[str, tuple[str, int | None]]) -> pl.DataFram
         sql: The query; it refers to tables by the keys of `tables`.
         tables: View name -> (table uri, version or None for newest).
     """
-    with duckdb.connect(config={"enable_progress_bar": False}) as con:
+    with duckdb.connect() as con:
+        con.execute("SET enable_progress_bar = false")
         for name, (uri, version) in tables.items():
             con.register(name, arrow_dataset(uri, version))
         return con.sql(sql).pl()
