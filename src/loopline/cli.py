@@ -197,6 +197,114 @@ def serve(
 
 
 @app.command()
+def up(
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Demo days if no data.")] = 60,
+    customers: Annotated[int, typer.Option(min=1, max=1_000_000, help="Demo customers.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Demo seed.")] = 7,
+    pipeline_run: Annotated[
+        bool | None,
+        typer.Option(
+            "--pipeline/--no-pipeline", help="Run the pipeline (default: only if no champion)."
+        ),
+    ] = None,
+    redeploy: Annotated[bool, typer.Option(help="Deploy even if flows are unchanged.")] = False,
+    traffic: Annotated[
+        int, typer.Option(min=0, max=100_000, help="Demo requests to replay, then monitor.")
+    ] = 300,
+) -> None:
+    """Start Prefect (server, worker, deployments), run the pipeline, start the API and app."""
+    import time
+
+    from loopline.ops import OpsError
+    from loopline.ops import up as start_platform
+    from loopline.settings import Settings
+
+    settings = Settings()
+    started = time.perf_counter()
+    try:
+        with console.status("starting") as status_line:
+            report = start_platform(
+                settings,
+                days=days,
+                customers=customers,
+                seed=seed,
+                run_pipeline=pipeline_run,
+                redeploy=redeploy,
+                progress=lambda message: status_line.update(message),
+            )
+    except OpsError as exc:
+        _fail(str(exc).splitlines()[0] + f" (details: loopline logs; home {settings.home})")
+    if report.pipeline is not None:
+        console.print(
+            f"pipeline run {report.pipeline.name}: {report.pipeline.state_name} "
+            f"in {report.pipeline.seconds:.0f}s"
+        )
+    if traffic and report.pipeline is not None and report.pipeline.ok:
+        _demo_traffic(settings, traffic)
+    console.print(f"[bold green]loopline is up[/] in {time.perf_counter() - started:.0f}s")
+    for name, url in report.urls.items():
+        console.print(f"  {name:<16} {url}")
+    console.print(f"  export PREFECT_API_URL={settings.prefect_api_url}")
+
+
+def _demo_traffic(settings: Any, n: int) -> None:
+    """Replay the newest demo events through the API and run a monitoring pass, so the
+    control panel shows predictions and drift right away."""
+    from loopline.lake import tables
+    from loopline.serving.traffic import request_bodies, send
+    from loopline.spec import load_spec
+    from loopline.stages import run_monitor
+
+    spec = load_spec(settings.use_case)
+    uri = tables.table_uri(settings.lake_dir, spec.events.table)
+    bodies = request_bodies(tables.read(uri), spec, n=n)
+    with console.status(f"replaying {len(bodies)} demo requests"):
+        report = send(f"http://{settings.host}:{settings.api_port}", bodies)
+        if report.ok:
+            run_monitor(settings, spec)
+    console.print(f"demo traffic: {report.ok}/{report.sent} answered, monitoring pass stored")
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `loopline up` started (app, API, worker, then server)."""
+    from loopline.ops import down as stop_platform
+    from loopline.settings import Settings
+
+    stopped = stop_platform(Settings())
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def status() -> None:
+    """Show which platform processes run, with their URLs and logs."""
+    from loopline.ops import status as platform_status
+    from loopline.settings import Settings
+
+    table = Table("component", "state", "pid", "url", "log")
+    for item in platform_status(Settings()):
+        table.add_row(item.name, item.state, str(item.pid or "-"), item.url or "-", str(item.log))
+    console.print(table)
+
+
+@app.command()
+def logs(
+    component: Annotated[
+        str, typer.Argument(help="prefect-server, prefect-worker, api, app, deploy")
+    ] = "prefect-worker",
+    lines: Annotated[int, typer.Option(min=1, max=100_000)] = 50,
+) -> None:
+    """Print the end of a platform process's log."""
+    from loopline.ops import tail_log
+    from loopline.settings import Settings
+
+    known = ("prefect-server", "prefect-worker", "api", "app", "deploy", "prefect-cli")
+    if component not in known:
+        _fail(f"unknown component '{component}' (one of: {', '.join(known)})")
+    typer.echo(tail_log(Settings(), component, lines=lines))
+
+
+@app.command()
 def replay(
     n: Annotated[int, typer.Option(min=1, max=100_000, help="Newest events to send.")] = 500,
     url: Annotated[str | None, typer.Option(help="API base URL (default: settings).")] = None,

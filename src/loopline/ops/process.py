@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,7 +48,6 @@ class ProcessRecord:
     started_at: str
     log: str
     url: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def pid_file(run_dir: Path, name: str) -> Path:
@@ -127,7 +126,6 @@ def start(
     env: Mapping[str, str],
     cwd: Path,
     url: str | None = None,
-    extra: Mapping[str, str] | None = None,
 ) -> ProcessRecord:
     """Start `argv` detached (new session, stdin closed, output appended to its log file) and
     write its pid file. Does not check for an existing process: see `ensure_started`.
@@ -168,7 +166,6 @@ def start(
         started_at=started_at,
         log=str(log),
         url=url,
-        extra=dict(extra or {}),
     )
     _write_record(run_dir, record)
     return record
@@ -317,7 +314,6 @@ def ensure_started(
     healthy: Callable[[], bool],
     timeout: float,
     url: str | None = None,
-    extra: Mapping[str, str] | None = None,
     before_start: Callable[[], None] | None = None,
     what: str = "health check",
 ) -> tuple[ProcessRecord, bool]:
@@ -348,7 +344,7 @@ def ensure_started(
         pid_file(run_dir, name).unlink(missing_ok=True)
     if before_start is not None:
         before_start()
-    record = start(run_dir, name, argv, env=env, cwd=cwd, url=url, extra=extra)
+    record = start(run_dir, name, argv, env=env, cwd=cwd, url=url)
     wait_healthy(record, healthy, timeout=timeout, what=what)
     return record, True
 

@@ -164,18 +164,18 @@ def stop_component(settings: Settings, name: str) -> str | None:
 
 
 def _prefect_cli(
-    settings: Settings, args: list[str], *, log_name: str, timeout: float, cwd: Path | None = None
+    settings: Settings, args: list[str], *, log_name: str, timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    """Run the Prefect CLI (through the client fix in `_prefect_cli`) with the platform's env;
-    its output is appended to `<run_dir>/<log_name>.log`."""
-    argv = [sys.executable, "-m", "loopline.ops._prefect_cli", "--no-prompt", *args]
+    """Run the Prefect CLI with the platform's env; its output is appended to
+    `<run_dir>/<log_name>.log`."""
+    argv = [sys.executable, "-m", "prefect", "--no-prompt", *args]
     try:
         done = subprocess.run(
             argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            cwd=cwd or settings.project_dir,
+            cwd=settings.project_dir,
             env=child_env(settings),
             timeout=timeout,
             check=False,
