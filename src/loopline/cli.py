@@ -90,21 +90,21 @@ def demo(
     ] = None,
     force: Annotated[bool, typer.Option(help="Write even if demo data exists.")] = False,
 ) -> None:
-    """Generate the fraud demo's raw files under <home>/raw."""
-    from loopline.data.demo import DemoConfig, demo_present, generate_demo, write_demo
+    """Generate the fraud demo's raw files under <home>/raw (plus a day of live traffic)."""
+    from loopline.data.demo import demo_present
     from loopline.settings import Settings
+    from loopline.stages import write_demo_data
 
     settings = Settings()
     with _user_errors():
         if demo_present(settings.raw_dir) and not force:
             _fail(f"demo data already present in {settings.raw_dir} (use --force to rewrite)")
-        config = DemoConfig(days=days, customers=customers, seed=seed, drift_start_day=drift_day)
         with console.status(f"generating {days} days x {customers} customers"):
-            data = generate_demo(config)
-            written = write_demo(data, settings.raw_dir)
+            history, live = write_demo_data(
+                settings, days=days, customers=customers, seed=seed, drift_start_day=drift_day
+            )
     console.print(
-        f"wrote {len(written)} files ({data.transactions.height} transactions) "
-        f"to {settings.raw_dir}"
+        f"wrote {history} transactions of history and {live} of live traffic to {settings.raw_dir}"
     )
 
 
@@ -250,16 +250,24 @@ def up(
 def _demo_traffic(settings: Any, n: int) -> None:
     """Replay the newest demo events through the API and run a monitoring pass, so the
     control panel shows predictions and drift right away."""
-    from loopline.lake import tables
-    from loopline.serving.traffic import request_bodies, send
+    from loopline.data.contracts import read_batch
+    from loopline.data.demo import LIVE_DIR
+    from loopline.serving.traffic import request_bodies, send, wait_for_champion
     from loopline.spec import load_spec
     from loopline.stages import run_monitor
 
     spec = load_spec(settings.use_case)
-    uri = tables.table_uri(settings.lake_dir, spec.events.table)
-    bodies = request_bodies(tables.read(uri), spec, n=n)
+    source = settings.raw_dir / LIVE_DIR / f"{spec.events.table}.csv"
+    if not source.is_file():
+        console.print(f"no live demo traffic at {source}: skipping the demo requests")
+        return
+    bodies = request_bodies(read_batch(source, spec.events), spec, n=n)
+    base = f"http://{settings.host}:{settings.api_port}"
     with console.status(f"replaying {len(bodies)} demo requests"):
-        report = send(f"http://{settings.host}:{settings.api_port}", bodies)
+        if wait_for_champion(base) is None:
+            console.print(f"the API at {base} serves no champion yet: skipping demo requests")
+            return
+        report = send(base, bodies)
         if report.ok:
             run_monitor(settings, spec)
     console.print(f"demo traffic: {report.ok}/{report.sent} answered, monitoring pass stored")
@@ -306,21 +314,27 @@ def logs(
 
 @app.command()
 def replay(
-    n: Annotated[int, typer.Option(min=1, max=100_000, help="Newest events to send.")] = 500,
+    path: Annotated[
+        Path | None, typer.Argument(help="Events file (default: the demo's live traffic).")
+    ] = None,
+    n: Annotated[int, typer.Option(min=1, max=100_000, help="Events to send.")] = 500,
     url: Annotated[str | None, typer.Option(help="API base URL (default: settings).")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     use_case: UseCase = "fraud",
 ) -> None:
-    """Send the newest curated events to the prediction API (demo traffic), with progress."""
+    """Send events from a file to the prediction API (demo traffic), with a progress bar."""
     from rich.progress import Progress
 
-    from loopline.lake import tables
+    from loopline.data.contracts import read_batch
+    from loopline.data.demo import LIVE_DIR
     from loopline.serving.traffic import request_bodies, send
 
     settings, spec = _context(use_case)
-    uri = tables.table_uri(settings.lake_dir, spec.events.table)
-    if not tables.exists(uri):
-        _fail(f"no curated '{spec.events.table}' table in {settings.lake_dir}: ingest first")
-    bodies = request_bodies(tables.read(uri), spec, n=n)
+    source = path or settings.raw_dir / LIVE_DIR / f"{spec.events.table}.csv"
+    if not source.is_file():
+        _fail(f"events file not found: {source} (write demo data with `loopline demo`)")
+    with _user_errors():
+        bodies = request_bodies(read_batch(source, spec.events), spec, n=n, seed=seed)
     base = url or f"http://{settings.host}:{settings.api_port}"
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"POST {base}/predict", total=len(bodies))

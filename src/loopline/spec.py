@@ -120,6 +120,9 @@ class TrainingSpec(_Strict):
     early_stopping_rounds: int = Field(default=20, gt=0)
     seed: int = 42
     valid_fraction: float = Field(default=0.2, gt=0, lt=1)
+    warmup_days: int = Field(
+        default=0, ge=0, description="Leading days left out of training: windows still fill."
+    )
 
 
 class DriftSpec(_Strict):

@@ -66,14 +66,30 @@ def open_context(settings: Settings, spec: UseCaseSpec) -> Context:
     return Context(settings, spec, Store.open(settings), ArtifactStore(settings.artifacts_dir))
 
 
+def write_demo_data(
+    settings: Settings, *, days: int, customers: int, seed: int, drift_start_day: int | None = None
+) -> tuple[int, int]:
+    """Generate the demo and write `days` days of history plus one more day of live traffic
+    (`<home>/raw/live/transactions.csv`, for `loopline replay`). Returns (history, live) rows.
+    """
+    from loopline.data.demo import DemoConfig, generate_demo, split_live, write_demo, write_live
+
+    config = DemoConfig(
+        days=days + 1, customers=customers, seed=seed, drift_start_day=drift_start_day
+    )
+    history, live = split_live(generate_demo(config))
+    write_live(live, settings.raw_dir)
+    write_demo(history, settings.raw_dir)  # its manifest last: present only when complete
+    return history.transactions.height, live.height
+
+
 def ensure_demo_data(settings: Settings, *, days: int, customers: int, seed: int) -> bool:
     """Write the demo's raw files under the data home unless they are there; True if written."""
-    from loopline.data.demo import DemoConfig, demo_present, generate_demo, write_demo
+    from loopline.data.demo import demo_present
 
     if demo_present(settings.raw_dir):
         return False
-    data = generate_demo(DemoConfig(days=days, customers=customers, seed=seed))
-    write_demo(data, settings.raw_dir)
+    write_demo_data(settings, days=days, customers=customers, seed=seed)
     return True
 
 

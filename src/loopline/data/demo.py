@@ -35,8 +35,8 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -859,3 +859,34 @@ def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+LIVE_DIR = "live"
+
+
+def split_live(data: DemoData, *, live_days: int = 1) -> tuple[DemoData, pl.DataFrame]:
+    """Hold the last `live_days` of transactions back as live traffic.
+
+    The history (earlier transactions and their labels) is what gets ingested; the held-back
+    transactions are what the prediction API is asked about later, so their features come from
+    snapshots of earlier days, exactly as in training.
+    """
+    if live_days < 1 or live_days >= data.config.days:
+        raise DemoConfigError(f"live_days: must be between 1 and days - 1, got {live_days}")
+    cut = datetime.combine(
+        data.config.start + timedelta(days=data.config.days - live_days), time(), tzinfo=UTC
+    )
+    is_live = pl.col("event_timestamp") >= cut
+    live = data.transactions.filter(is_live)
+    history = data.transactions.filter(~is_live)
+    labels = data.labels.join(history.select("transaction_id"), on="transaction_id", how="semi")
+    return replace(data, transactions=history, labels=labels), live
+
+
+def write_live(live: pl.DataFrame, out_dir: Path) -> Path:
+    """Write held-back live transactions to `<out_dir>/live/transactions.csv`, atomically."""
+    folder = Path(out_dir) / LIVE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "transactions.csv"
+    _write_csv_atomic(live, path)
+    return path

@@ -47,16 +47,37 @@ class ReplayReport:
         }
 
 
-def request_bodies(events: pl.DataFrame, spec: UseCaseSpec, *, n: int) -> list[dict[str, Any]]:
-    """The newest `n` events as /predict bodies (entity keys + request fields + request id)."""
+def request_bodies(
+    events: pl.DataFrame, spec: UseCaseSpec, *, n: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Up to `n` events, sampled uniformly and sent in time order, as /predict bodies
+    (entity keys + request fields + a request id derived from the event id).
+
+    Sampling the whole file rather than its tail keeps the time-of-day mix of real traffic.
+    """
     columns = list(dict.fromkeys([*spec.entity_keys, *spec.features.request]))
-    newest = events.sort(spec.events.timestamp).tail(n)
-    bodies = newest.select(columns).to_dicts()
-    ids = newest.get_column(spec.events.id).to_list() if spec.events.id else [None] * len(bodies)
+    picked = events.sample(n=min(n, events.height), seed=seed).sort(spec.events.timestamp)
+    bodies = picked.select(columns).to_dicts()
+    ids = picked.get_column(spec.events.id).to_list() if spec.events.id else [None] * len(bodies)
     for body, event_id in zip(bodies, ids, strict=True):
         if event_id is not None:
             body["request_id"] = f"replay-{event_id}"[:64]
     return bodies
+
+
+def wait_for_champion(base_url: str, *, timeout_s: float = 60.0) -> int | None:
+    """Poll `/health` until the API serves a champion; its version, or None on timeout."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=base_url, timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                champion = client.get("/health").json().get("champion")
+            except (httpx.HTTPError, ValueError):
+                champion = None
+            if champion is not None:
+                return int(champion)
+            time.sleep(0.5)
+    return None
 
 
 def send(
