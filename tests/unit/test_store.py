@@ -13,22 +13,22 @@ from sqlalchemy import inspect, text
 
 from loopline.settings import Settings
 from loopline.store import Store
-from loopline.store.migrate import current_revision, head_revision
+from loopline.store.migrate import at_head, current_revisions, head_revisions
 from loopline.store.tables import Base, Run
 
 PG_URL = os.environ.get("LOOPLINE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def _open(home: str) -> str | None:
+def _open(home: str) -> frozenset[str]:
     store = Store.open(Settings(home=Path(home)))
-    return current_revision(store.engine)
+    return current_revisions(store.engine)
 
 
 def test_open_creates_every_table_at_head(settings: Settings) -> None:
     store = Store.open(settings)
     names = set(inspect(store.engine).get_table_names())
     assert set(Base.metadata.tables) <= names
-    assert current_revision(store.engine) == head_revision()
+    assert at_head(store.engine)
 
 
 def test_sqlite_uses_wal_and_busy_timeout(settings: Settings) -> None:
@@ -44,7 +44,7 @@ def test_concurrent_first_open_migrates_once(tmp_path: Path) -> None:
     home = str(tmp_path / "home")
     with ProcessPoolExecutor(max_workers=4) as pool:
         revisions = list(pool.map(_open, [home] * 4))
-    assert revisions == [head_revision()] * 4
+    assert revisions == [head_revisions()] * 4
 
 
 @pytest.mark.parametrize(
@@ -87,12 +87,12 @@ def test_failed_transaction_writes_nothing(settings: Settings) -> None:
 def test_postgresql_store_migrates_and_round_trips(tmp_path: Path, pg_schema: str) -> None:
     url = f"{PG_URL}?options=-csearch_path%3D{pg_schema}"
     store = Store.open(Settings(home=tmp_path, database_url=url))
-    assert current_revision(store.engine) == head_revision()
+    assert at_head(store.engine)
     with store.session() as session:
         session.add(Run(kind="train", use_case="fraud", params={"a": 1}))
     with store.reader() as session:
         assert session.query(Run).one().params == {"a": 1}
     again = Store.open(Settings(home=tmp_path, database_url=url))
-    assert current_revision(again.engine) == head_revision()
+    assert at_head(again.engine)
     with again.engine.connect() as conn:
         assert conn.execute(text("SELECT current_schema()")).scalar() == pg_schema

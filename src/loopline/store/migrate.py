@@ -29,29 +29,36 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-def head_revision() -> str:
-    """The newest migration revision shipped with this code."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+def head_revisions() -> frozenset[str]:
+    """The newest migration revisions shipped with this code.
+
+    Usually one; independent features may add migrations on separate branches from the same
+    parent (each with its own tables), and an upgrade applies every branch.
+    """
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
-def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at (None when it has no schema yet)."""
+def current_revisions(engine: Engine) -> frozenset[str]:
+    """The revisions the database is at (empty when it has no schema yet)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return frozenset(MigrationContext.configure(connection).get_current_heads())
+
+
+def at_head(engine: Engine) -> bool:
+    """Whether the schema is at every head revision."""
+    return current_revisions(engine) == head_revisions()
 
 
 def _upgrade_locked(engine: Engine) -> None:
+    if at_head(engine):
+        return
     with engine.begin() as connection:
-        if current_revision(engine) == head_revision():
-            return
-        command.upgrade(alembic_config(connection), "head")
+        command.upgrade(alembic_config(connection), "heads")
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest revision; safe to call from many processes at once."""
-    if current_revision(engine) == head_revision():
+    """Bring the schema to the newest revisions; safe to call from many processes at once."""
+    if at_head(engine):
         return
     if engine.dialect.name == "sqlite":
         database = engine.url.database or ""

@@ -1,0 +1,32 @@
+"""The demo stage: write the fraud demo's raw files (history plus a day of live traffic)."""
+
+from __future__ import annotations
+
+from loopline.settings import Settings
+
+
+def write_demo_data(
+    settings: Settings, *, days: int, customers: int, seed: int, drift_start_day: int | None = None
+) -> tuple[int, int]:
+    """Generate the demo and write `days` days of history plus one more day of live traffic
+    (`<home>/raw/live/transactions.csv`, for `loopline replay`). Returns (history, live) rows.
+    """
+    from loopline.data.demo import DemoConfig, generate_demo, split_live, write_demo, write_live
+
+    config = DemoConfig(
+        days=days + 1, customers=customers, seed=seed, drift_start_day=drift_start_day
+    )
+    history, live = split_live(generate_demo(config))
+    write_live(live, settings.raw_dir)
+    write_demo(history, settings.raw_dir)  # its manifest last: present only when complete
+    return history.transactions.height, live.height
+
+
+def ensure_demo_data(settings: Settings, *, days: int, customers: int, seed: int) -> bool:
+    """Write the demo's raw files under the data home unless they are there; True if written."""
+    from loopline.data.demo import demo_present
+
+    if demo_present(settings.raw_dir):
+        return False
+    write_demo_data(settings, days=days, customers=customers, seed=seed)
+    return True
