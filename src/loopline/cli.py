@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loopline.cli_runs import runs_app
+
 app = typer.Typer(
     name="loopline",
     help="The whole ML loop on one machine: ingest, features, train, promote, serve, monitor.",
@@ -25,7 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
 models_app = typer.Typer(help="Inspect and move model versions.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
@@ -108,21 +109,103 @@ def demo(
     )
 
 
+def _ingest_table(paths: list[Path], table: str | None, spec: Any) -> str:
+    """The table explicit PATHs belong to: --table, else their folder's name if it names one."""
+    if table:
+        return table
+    folders = {path.parent.name for path in paths} if paths else set()
+    if len(folders) == 1 and (name := folders.pop()) in spec.tables:
+        return name
+    _fail("--table is required with explicit paths (e.g. --table transactions)")
+
+
+def _ingest_summary(summary: dict[str, Any]) -> None:
+    """Per table: status, files new/skipped, rows accepted / quarantined / rejected, version."""
+    table = Table("table", "status", "files", "accepted", "quarantined", "rejected", "version")
+    notes = []
+    for name, row in summary.items():
+        if not isinstance(row, dict):
+            continue
+        version = "-" if row.get("table_version") is None else str(row["table_version"])
+        files = f"{row.get('files_new', 0)} new, {row.get('files_skipped', 0)} seen"
+        table.add_row(
+            name, row.get("status", "-"), files, f"{row.get('rows_accepted', 0):,}",
+            f"{row.get('rows_quarantined', 0):,}", f"{row.get('rows_rejected', 0):,}", version,
+        )  # fmt: skip
+        notes += [
+            f"{name}: {note}" for note in [*row.get("repaired", []), *row.get("warnings", [])]
+        ]
+    console.print(table)
+    for note in notes:
+        console.print(f"  note: {note}", soft_wrap=True)
+    console.print(
+        f"rows accepted {summary['rows_accepted']:,}, quarantined {summary['rows_quarantined']:,},"
+        f" rejected {summary['rows_rejected']:,} (run {summary['run_id'][:8]})"
+    )
+
+
 @app.command()
 def ingest(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Files to ingest.")] = None,
-    table: Annotated[str | None, typer.Option(help="Table the PATHs belong to.")] = None,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Files, folders or globs (default: new files under <home>/raw)."),
+    ] = None,
+    table: Annotated[
+        str | None, typer.Option(help="Table of the PATHs/--query (default: their folder name).")
+    ] = None,
+    query: Annotated[
+        list[str] | None,
+        typer.Option(help="DuckDB SQL as a source, e.g. \"SELECT * FROM read_csv('x/*.csv')\"."),
+    ] = None,
+    delimiter: Annotated[str | None, typer.Option(help="CSV delimiter (default: spec).")] = None,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding (default: spec).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     use_case: UseCase = "fraud",
 ) -> None:
-    """Validate and append new raw files (default: everything under <home>/raw)."""
+    """Validate new raw data against the contract and append it as a new lake version.
+
+    Rows failing soft rules are quarantined; a broken hard rule rejects the batch (exit 2,
+    nothing written). Files already ingested (same content, any name) are skipped.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from loopline.data.ingest import IngestError
+    from loopline.data.sources import SourceError
     from loopline.stages import run_ingest
 
-    if paths and not table:
-        _fail("--table is required with explicit paths (e.g. --table transactions)")
-    for path in paths or []:
-        if not path.is_file():
-            _fail(f"input file not found: {path}")
-    _stage(run_ingest, use_case, paths={table: paths} if paths and table else None)
+    settings, spec = _context(use_case)
+    if query and not table:
+        _fail("--table is required with --query (e.g. --table transactions)")
+    name = _ingest_table(list(paths or []), table, spec) if paths or query else None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with (
+        _user_errors(),
+        Progress(*columns, console=console, transient=True, disable=as_json) as bar,
+    ):
+        tasks: dict[str, Any] = {}
+
+        def progress(table_name: str, phase: str, done: int, total: int) -> None:
+            if table_name not in tasks:
+                tasks[table_name] = bar.add_task(table_name, total=None)
+            unit = " files" if phase == "read" else ""
+            bar.update(
+                tasks[table_name], description=f"{table_name}: {phase}{unit}",
+                completed=done, total=total,
+            )  # fmt: skip
+
+        try:
+            summary = run_ingest(
+                settings, spec,
+                paths={name: list(paths or [])} if name else None,
+                queries={name: list(query)} if name and query else None,
+                delimiter=delimiter, encoding=encoding, progress=progress,
+            )  # fmt: skip
+        except (SourceError, IngestError) as exc:
+            _fail(str(exc))
+    if as_json:
+        _print(summary)
+    else:
+        _ingest_summary(summary)
 
 
 @app.command()
@@ -342,32 +425,6 @@ def replay(
     _print(report.as_dict())
     if report.ok == 0:
         _fail(f"no request succeeded against {base}: {report.errors[:1]}")
-
-
-@runs_app.command("list")
-def runs_list(
-    kind: Annotated[str | None, typer.Option(help="Only runs of this kind.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """List the newest runs with their status and metrics."""
-    from loopline.inspect import list_runs
-    from loopline.settings import Settings
-    from loopline.store import Store
-
-    rows = list_runs(Store.open(Settings()), kind=kind, limit=limit)
-    if as_json:
-        _print({"runs": rows})
-        return
-    table = Table("run", "kind", "status", "started", "duration", "metrics", "flow run")
-    for row in rows:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(row["metrics"].items()))
-        duration = f"{row['duration_s']:.1f}s" if row["duration_s"] is not None else "-"
-        table.add_row(
-            row["id"][:8], row["kind"], row["status"], row["started_at"][:19], duration,
-            metrics, (row["prefect_flow_run_id"] or "-")[:8],
-        )  # fmt: skip
-    console.print(table)
 
 
 @models_app.command("list")

@@ -7,15 +7,41 @@ platform code reads only this; adding a use case is adding a spec and feature de
 
 from __future__ import annotations
 
+import codecs
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 USECASES_DIR = Path(__file__).with_name("usecases")
 
 ColumnType = Literal["string", "int", "float", "datetime", "category", "bool"]
+Severity = Literal["hard", "soft"]
+"""How a broken rule is handled: `hard` rejects the whole batch, `soft` quarantines the rows."""
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _duration(value: object) -> object:
+    """'90s', '15m', '12h', '3d', '2w' as a timedelta; anything else goes to pydantic."""
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return timedelta(**{_DURATION_UNITS[match.group(2)]: float(match.group(1))})
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class SpecError(ValueError):
@@ -35,7 +61,12 @@ class Entity(_Strict):
 
 
 class ColumnRule(_Strict):
-    """Contract of one raw column."""
+    """Contract of one raw column.
+
+    A value that does not parse as `type` (and a column of another type in a typed file) always
+    rejects the batch. `severity` says what the value rules do when broken: nulls, uniqueness,
+    range, categories, finiteness and length.
+    """
 
     type: ColumnType
     nullable: bool = False
@@ -43,14 +74,182 @@ class ColumnRule(_Strict):
     min: float | None = None
     max: float | None = None
     values: list[str] | None = Field(default=None, description="Allowed categories.")
+    severity: Severity = "hard"
+    finite: bool = Field(default=True, description="Floats: refuse NaN and +-inf.")
+    max_length: int = Field(default=65_536, gt=0, description="Strings: longest value, bytes.")
 
     @model_validator(mode="after")
     def _check(self) -> ColumnRule:
         if self.type == "category" and not self.values:
             raise ValueError("a category column needs a non-empty 'values' list")
+        if self.values is not None and self.type not in ("category", "string"):
+            raise ValueError(f"'values' applies to category or string columns, not {self.type}")
+        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
+            raise ValueError(f"'min'/'max' apply to int or float columns, not {self.type}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
+
+
+_OPERAND = re.compile(
+    r"^(?:(?P<func>hour|day|weekday|date|abs)\((?P<inner>[^()]*)\)|(?P<plain>[^()]*))$"
+)
+_NAME = r"[a-z_][a-z0-9_]*"
+_REF = re.compile(rf"^(?:(?P<table>{_NAME})\.)?(?P<column>{_NAME})$")
+_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+_COMPARISON = re.compile(r"^\s*(?P<left>.+?)\s*(?P<op>==|!=|>=|<=|>|<)\s*(?P<right>.+?)\s*$")
+
+
+class Operand(NamedTuple):
+    """One side of a row rule: a column (of this table or a referenced one), maybe wrapped in
+    a function, or a number."""
+
+    column: str | None
+    table: str | None = None
+    func: str | None = None
+    number: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The frame column holding the operand's values (`table.column` for references)."""
+        assert self.column is not None
+        return f"{self.table}.{self.column}" if self.table else self.column
+
+
+def parse_operand(text: str) -> Operand:
+    """Parse `col`, `table.col`, `hour(col)` or a number.
+
+    Raises:
+        ValueError: the text is none of those.
+    """
+    text = text.strip()
+    if _NUMBER.match(text):
+        return Operand(column=None, number=float(text))
+    match = _OPERAND.match(text)
+    inner = (match.group("inner") if match and match.group("func") else text).strip()
+    ref = _REF.match(inner)
+    if ref is None:
+        raise ValueError(
+            f"operand '{text}' must be a column, table.column, a number, or "
+            "hour()/day()/weekday()/date()/abs() of a column"
+        )
+    func = match.group("func") if match else None
+    return Operand(column=ref.group("column"), table=ref.group("table"), func=func)
+
+
+def parse_check(check: str) -> tuple[Operand, str, Operand]:
+    """Split a row rule `<operand> <op> <operand>` into its parts.
+
+    Raises:
+        ValueError: the check is not a comparison of two operands, or its left side is a number.
+    """
+    match = _COMPARISON.match(check)
+    if match is None:
+        raise ValueError(f"check '{check}' must compare two operands with ==, !=, <, <=, >, >=")
+    left, right = parse_operand(match.group("left")), parse_operand(match.group("right"))
+    if left.column is None:
+        raise ValueError(f"check '{check}': the left side must be a column")
+    return left, match.group("op"), right
+
+
+class RowRule(_Strict):
+    """A cross-field rule checked on every row: `<operand> <op> <operand>`.
+
+    For example `hour == hour(event_timestamp)`, or `label_timestamp >=
+    transactions.event_timestamp` through a reference.
+
+    Rows where either side is null pass (nulls are the column rules' business).
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    check: str
+    severity: Severity = "soft"
+
+    @field_validator("check")
+    @classmethod
+    def _parse(cls, value: str) -> str:
+        parse_check(value)
+        return value
+
+    @property
+    def operands(self) -> tuple[Operand, str, Operand]:
+        """(left, operator, right)."""
+        return parse_check(self.check)
+
+
+class Reference(_Strict):
+    """Rows must point at an existing row of another table of the use case (by key).
+
+    Its columns can then be used in row rules as `<table>.<column>`.
+    """
+
+    column: str
+    table: str
+    key: str | None = Field(default=None, description="Key in the other table; default: column.")
+    severity: Severity = "soft"
+
+    @property
+    def target_key(self) -> str:
+        """The key column in the referenced table."""
+        return self.key or self.column
+
+
+class TimestampRule(_Strict):
+    """Sanity bounds for every datetime column: not before `min`, not after now + `max_future`."""
+
+    min: datetime = datetime(1970, 1, 1, tzinfo=UTC)
+    max_future: Duration = timedelta(days=1)
+    severity: Severity = "soft"
+
+    @field_validator("min")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Freshness(_Strict):
+    """The newest timestamp of a batch must be at most `max_age` old at ingest time.
+
+    `hard` rejects a stale batch; `warn` accepts it and records a warning in the batch report.
+    """
+
+    max_age: Duration
+    severity: Literal["hard", "warn"] = "warn"
+
+
+class SourceFormat(_Strict):
+    """How the raw files of a table are written (CSV dialect and text encoding)."""
+
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    encoding: str = "utf-8"
+    quote_char: str | None = Field(default='"', min_length=1, max_length=1)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        try:
+            return codecs.lookup(value).name
+        except LookupError as exc:
+            raise ValueError(f"unknown text encoding '{value}'") from exc
+
+
+class TableContract(_Strict):
+    """Batch-level rules of a table's data contract.
+
+    `version` is bumped when a column's type changes or a column is dropped: the curated table
+    is then migrated; without the bump such a change rejects the batch.
+    """
+
+    version: int = Field(default=1, ge=1)
+    extra_columns: Literal["ignore", "reject"] = "ignore"
+    allow_empty: bool = Field(default=False, description="Accept files with no rows.")
+    max_quarantine_fraction: float = Field(
+        default=0.5, ge=0, le=1, description="Above this share of failing rows, reject."
+    )
+    timestamps: TimestampRule = TimestampRule()
+    freshness: Freshness | None = None
+    rules: list[RowRule] = Field(default_factory=list)
+    references: list[Reference] = Field(default_factory=list)
 
 
 class TableSpec(_Strict):
@@ -60,12 +259,35 @@ class TableSpec(_Strict):
     id: str | None = Field(default=None, description="Column that identifies a row.")
     timestamp: str
     columns: dict[str, ColumnRule]
+    contract: TableContract = TableContract()
+    source: SourceFormat = SourceFormat()
 
     @model_validator(mode="after")
     def _check(self) -> TableSpec:
         for name in [self.timestamp, *([self.id] if self.id else [])]:
             if name not in self.columns:
                 raise ValueError(f"column '{name}' is not declared in 'columns'")
+        if self.columns[self.timestamp].type != "datetime":
+            raise ValueError(f"timestamp column '{self.timestamp}' must have type datetime")
+        referenced = {ref.table for ref in self.contract.references}
+        for ref in self.contract.references:
+            if ref.column not in self.columns:
+                raise ValueError(f"reference column '{ref.column}' is not declared in 'columns'")
+        names = [rule.name for rule in self.contract.rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names must be unique, got {names}")
+        for rule in self.contract.rules:
+            for operand in rule.operands[::2]:
+                if operand.column is None:
+                    continue
+                if operand.table is None and operand.column not in self.columns:
+                    raise ValueError(
+                        f"rule '{rule.name}': column '{operand.column}' is not declared"
+                    )
+                if operand.table is not None and operand.table not in referenced:
+                    raise ValueError(
+                        f"rule '{rule.name}': table '{operand.table}' is not in 'references'"
+                    )
         return self
 
 
@@ -170,10 +392,36 @@ class UseCaseSpec(_Strict):
                 raise ValueError(f"entity join key '{key}' is not an events column")
         if self.labels.column not in self.labels.columns:
             raise ValueError(f"label column '{self.labels.column}' is not declared")
+        self._check_references()
         for gate in self.gates:
             if gate.metric not in self.metrics:
                 raise ValueError(f"gate '{gate.name}' uses metric '{gate.metric}' not in 'metrics'")
         return self
+
+    def _check_references(self) -> None:
+        tables = {t.table: t for t in (self.events, self.labels)}
+        for table in tables.values():
+            for ref in table.contract.references:
+                target = tables.get(ref.table)
+                if target is None or target.table == table.table:
+                    raise ValueError(
+                        f"table '{table.table}' references unknown table '{ref.table}' "
+                        f"(tables: {sorted(set(tables) - {table.table})})"
+                    )
+                if ref.target_key not in target.columns:
+                    raise ValueError(
+                        f"reference key '{ref.target_key}' is not a '{ref.table}' column"
+                    )
+            for rule in table.contract.rules:
+                for operand in rule.operands[::2]:
+                    if operand.table and operand.column not in tables[operand.table].columns:
+                        column = f"{operand.table}.{operand.column}"
+                        raise ValueError(f"rule '{rule.name}': no column '{column}'")
+
+    @property
+    def tables(self) -> dict[str, TableSpec]:
+        """The raw input tables (events, labels) by table name."""
+        return {self.events.table: self.events, self.labels.table: self.labels}
 
     @property
     def entity_keys(self) -> list[str]:

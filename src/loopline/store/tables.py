@@ -98,12 +98,20 @@ class Run(Base):
     ended_at: Mapped[datetime | None]
     duration_s: Mapped[float | None] = mapped_column(Float)
     peak_memory_mb: Mapped[float | None] = mapped_column(Float)
+    # Added by migration 0003 (run search, crash detection).
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    git_dirty: Mapped[bool | None] = mapped_column(Boolean)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None]
 
     __table_args__ = (
         Index("ix_runs_kind_started", "kind", "started_at"),
         Index("ix_runs_use_case_started", "use_case", "started_at"),
         Index("ix_runs_status_started", "status", "started_at"),
         Index("ix_runs_prefect_flow_run_id", "prefect_flow_run_id"),
+        Index("ix_runs_started_id", "started_at", "id"),
+        Index("ix_runs_parent_started", "parent_run_id", "started_at"),
     )
 
 
@@ -123,6 +131,8 @@ class RunMetric(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "key", "step", name="uq_run_metrics_run_key_step"),
         Index("ix_run_metrics_key_value", "key", "value"),
+        # Migration 0003: covers `metrics.<key> <op> <value>` searches over final values.
+        Index("ix_run_metrics_final_key_value", "key", "is_final", "value", "run_id", "step"),
     )
 
 
@@ -135,7 +145,33 @@ class RunTag(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     value: Mapped[str] = mapped_column(String(1000))
 
-    __table_args__ = (Index("ix_run_tags_key_value", "key", "value"),)
+    __table_args__ = (
+        Index("ix_run_tags_key_value", "key", "value"),
+        # Migration 0003: covers `tags.<key> = <value>` searches (no table lookups).
+        Index("ix_run_tags_key_value_run", "key", "value", "run_id"),
+    )
+
+
+class RunParam(Base):
+    """One flattened parameter of a run, for search (the runs.params JSON stays the record).
+
+    Nested maps flatten to dotted keys (`training.num_leaves`). `value_text` holds the value as
+    text (JSON for lists and maps, `true`/`false` for booleans, NULL for None) and `value_num`
+    the number when the value is one or reads as one, so `params.num_leaves = 63` and
+    `params.objective = 'binary'` both use an index.
+    """
+
+    __tablename__ = "run_params"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value_text: Mapped[str | None] = mapped_column(String(1000))
+    value_num: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("ix_run_params_key_num", "key", "value_num", "run_id"),
+        Index("ix_run_params_key_text", "key", "value_text", "run_id"),
+    )
 
 
 class Artifact(Base):
@@ -184,6 +220,46 @@ class DatasetVersion(Base):
         UniqueConstraint("dataset", "table_version", name="uq_dataset_versions_dataset_version"),
         Index("ix_dataset_versions_dataset_hash", "dataset", "content_hash"),
         Index("ix_dataset_versions_dataset_created", "dataset", "created_at"),
+    )
+
+
+class DataBatch(Base):
+    """One ingest batch of a raw table: sources, contract results, outcome (migration 0002).
+
+    `status` is `pending` while its lake writes run, `committed` once its dataset version is
+    recorded (the commit point: the same transaction), `rejected` when a hard rule failed
+    (nothing was written), and `rolled_back` when a crash left it pending and the next ingest
+    undid its lake writes. `rules` holds every broken rule with its failure count and examples.
+    """
+
+    __tablename__ = "data_batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset: Mapped[str] = mapped_column(String(200))
+    use_case: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    contract_version: Mapped[int] = mapped_column(Integer, default=1)
+    sources: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    rows_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_accepted: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
+    rules: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    message: Mapped[str] = mapped_column(Text, default="")
+    base_version: Mapped[int | None] = mapped_column(Integer)
+    table_version: Mapped[int | None] = mapped_column(Integer)
+    quarantine_version: Mapped[int | None] = mapped_column(Integer)
+    schema_changes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    dataset_version_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    report_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id"))
+    profile_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_data_batches_dataset_created", "dataset", "created_at"),
+        Index("ix_data_batches_dataset_status", "dataset", "status"),
+        Index("ix_data_batches_run_id", "run_id"),
     )
 
 
