@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loopline.cli_features import features_app
 from loopline.cli_runs import runs_app
 
 app = typer.Typer(
@@ -208,12 +209,7 @@ def ingest(
         _ingest_summary(summary)
 
 
-@app.command()
-def features(use_case: UseCase = "fraud") -> None:
-    """Compute feature tables, apply the Feast repo and materialize online."""
-    from loopline.stages import run_features
-
-    _stage(run_features, use_case)
+app.add_typer(features_app, name="features")
 
 
 @app.command()

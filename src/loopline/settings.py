@@ -38,6 +38,23 @@ class Settings(BaseSettings):
     work_pool: str = "loopline"
     sqlite_busy_timeout_ms: int = 30_000
     model_refresh_s: float = Field(default=2.0, gt=0, description="Champion re-check period.")
+    feast_yaml: str = Field(
+        default="feature_store.yaml",
+        pattern=r"^[A-Za-z0-9_.-]+\.ya?ml$",
+        description="Feast config in the feature repo: feature_store.yaml (embedded) or "
+        "feature_store.scale.yaml (Redis online store, PostgreSQL registry).",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis of the scale profile's online store."
+    )
+    feast_registry_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the scale profile's Feast registry."
+    )
+    feast_project: str = Field(
+        default="loopline",
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="Feast project of the scale profile (one per installation sharing servers).",
+    )
 
     @field_validator("home", "feature_repo", "project_dir")
     @classmethod

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from loopline.features import feast_ops, transform
 from loopline.lake.artifacts import ArtifactStore
 from loopline.registry import models as registry
+from loopline.serving.prediction_log import read_prediction_log
 from loopline.settings import Settings
 from loopline.spec import load_spec
 from loopline.store import Store
@@ -113,8 +114,8 @@ def test_champion_has_lineage_to_run_datasets_and_feature_service(
         assert roles == {
             "events": "transactions",
             "labels": "labels",
-            "feature:customer_stats": "customer_stats",
-            "feature:merchant_stats": "merchant_stats",
+            "feature:customer_activity": "customer_activity",
+            "feature:merchant_activity": "merchant_activity",
         }
         moves = session.scalars(select(AliasEvent).where(AliasEvent.to_version_id == version.id))
         assert [m.alias for m in moves] == ["champion"]
@@ -138,10 +139,19 @@ def test_predict_over_http_equals_the_offline_model(platform: dict[str, str]) ->
     booster = load_booster(ArtifactStore(settings.artifacts_dir).get_bytes(version.artifact_id))
     keys = {"customer_id": 11, "merchant_id": 3}
     features = feast_ops.online_features(
-        feast_ops.open_store(settings), [keys], version.feature_service
+        feast_ops.open_store(settings), [keys], version.feature_service, unknown="report"
     )[0]
-    row = {k: v for k, v in body.items() if k != "request_id"} | features
-    inputs = transform.model_inputs(pl.DataFrame([row]), SPEC)
+    assert not features.pop(feast_ops.NOT_FOUND)
+    logged = read_prediction_log(settings.prediction_log_dir).filter(
+        pl.col("request_id") == "e2e-parity-1"
+    )
+    served_at = logged.get_column("ts").item()  # request-time features are relative to it
+    row = (
+        {k: v for k, v in body.items() if k != "request_id"}
+        | features
+        | {SPEC.events.timestamp: served_at}
+    )
+    inputs = transform.model_inputs(pl.DataFrame([row]), SPEC, version.feature_service)
     offline = float(booster.predict(transform.to_numpy(inputs))[0])
     assert served["score"] == pytest.approx(offline, abs=1e-9)
     assert 0.0 < served["score"] < 1.0

@@ -17,9 +17,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from loopline.features.aggregates import customer_features, merchant_features
+from loopline.features import delta_tables
+from loopline.features.aggregates import (
+    customer_activity,
+    customer_features,
+    merchant_activity,
+    merchant_features,
+)
 from loopline.features.feast_ops import (
+    NOT_FOUND,
     SERVICES,
+    EntityNotFoundError,
     apply_repo,
     materialize,
     online_features,
@@ -94,9 +102,21 @@ class Published:
 
 
 def _publish(settings: Settings, tx: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """fraud_v1's daily snapshots (what this module checks) and fraud_v2's tables (declared in
+    the same repo, so they must exist to be materialized)."""
     customers, merchants = customer_features(tx), merchant_features(tx)
     publish_feature_table(customers, settings.features_dir / "customer_stats.parquet")
     publish_feature_table(merchants, settings.features_dir / "merchant_stats.parquet")
+    labels = tx.select(
+        "transaction_id",
+        label_timestamp=pl.col("event_timestamp") + timedelta(days=3),
+        is_fraud=(pl.col("amount") > 150).cast(pl.Int64),
+    )
+    for table in (customer_activity, merchant_activity):
+        until = table.until(tx)
+        assert until is not None
+        chunks = table.chunks(tx, until=until, labels=labels)
+        delta_tables.write(str(settings.lake_dir / table.name), chunks, mode="overwrite")
     return customers, merchants
 
 
@@ -263,9 +283,13 @@ def test_online_features_equal_the_latest_snapshot(published):
     _assert_online_equals_latest(
         published.store, published.customers, published.merchants, LAST_DAY_END
     )
-    unknown = online_features(published.store, [{"customer_id": 99_999, "merchant_id": 1}], SERVICE)
+    rows = [{"customer_id": 99_999, "merchant_id": 1}]
+    unknown = online_features(published.store, rows, SERVICE, unknown="report")
     assert all(unknown[0][f] is None for f in CUSTOMER_FEATURES)
     assert unknown[0]["merch_txn_count_7d"] is not None
+    assert unknown[0][NOT_FOUND] == ["customer_id=99999"]
+    with pytest.raises(EntityNotFoundError, match="customer_id=99999 \\(view customer_stats\\)"):
+        online_features(published.store, rows, SERVICE)
 
 
 def test_online_features_reject_a_row_without_its_keys(published):
@@ -322,7 +346,10 @@ def test_incremental_materialization_and_reapply_after_deleting_stores(tmp_path,
     customers, merchants = _publish(settings, tx)
     materialize(store, end=LAST_DAY_END)
     watermarks = {v.name: v.most_recent_end_time for v in store.list_feature_views()}
-    assert watermarks == {"customer_stats": LAST_DAY_END, "merchant_stats": LAST_DAY_END}
+    assert {k: watermarks[k] for k in ("customer_stats", "merchant_stats")} == {
+        "customer_stats": LAST_DAY_END,
+        "merchant_stats": LAST_DAY_END,
+    }
     materialize(store, end=LAST_DAY_END)  # nothing new: a no-op
     _assert_online_equals_latest(store, customers, merchants, LAST_DAY_END)
 
@@ -353,3 +380,38 @@ def test_open_store_needs_a_feature_repo(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no feature_store\.yaml"):
         open_store(settings)
     assert not Path(tmp_path / "feast").exists()
+
+
+def test_loopline_offline_store_answers_like_feasts_duckdb_store(published):
+    """The same historical request through Feast's DuckDB offline store and loopline's."""
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
+
+    from loopline.features.offline_store import LooplineOfflineStore
+
+    store = published.store
+    rng = np.random.default_rng(8)
+    n = 800
+    minutes = rng.integers(-2 * 24 * 60, 75 * 24 * 60, n)
+    entity_df = pl.DataFrame(
+        {
+            "row": list(range(n)),
+            "event_timestamp": [START + timedelta(minutes=int(m)) for m in minutes],
+            "customer_id": rng.integers(1, 42, n),
+            "merchant_id": rng.integers(1, 8, n),
+        },
+        schema_overrides={"event_timestamp": pl.Datetime("us", "UTC")},
+    ).to_pandas()
+    service = store.get_feature_service(SERVICE)
+    views = [store.get_feature_view(p.name) for p in service.feature_view_projections]
+    refs = [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
+    answers = []
+    for offline in (LooplineOfflineStore, DuckDBOfflineStore):
+        job = offline.get_historical_features(
+            store.config, views, refs, entity_df, store.registry, store.project
+        )
+        frame = pl.from_arrow(job.to_arrow())
+        assert isinstance(frame, pl.DataFrame)
+        answers.append(frame.sort("row").select("row", *CUSTOMER_FEATURES, *MERCHANT_FEATURES))
+    ours, feasts = answers
+    assert ours.height == n
+    assert ours.equals(feasts)

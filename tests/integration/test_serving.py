@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,17 @@ class Home:
 
 def fake_features(rows: Sequence[Mapping[str, Any]], service: str) -> list[dict[str, Any]]:
     """Deterministic stand-in for Feast: values from the keys; customer 0 is unknown (None)."""
-    names = service_layout(service).features
+    layout = service_layout(service)
+    names = layout.features
     out = []
     for row in rows:
         c, m = row["customer_id"], row["merchant_id"]
-        values = [None if c == 0 else float((c * 31 + m * 7 + i) % 97) for i in range(len(names))]
+        # Helpers (e.g. the last event time behind recency) stay unknown: the expected score
+        # must not depend on the API's clock.
+        values = [
+            None if c == 0 or name in layout.helpers else float((c * 31 + m * 7 + i) % 97)
+            for i, name in enumerate(names)
+        ]
         out.append({"customer_id": c, "merchant_id": m, **dict(zip(names, values, strict=True))})
     return out
 
@@ -162,7 +169,11 @@ def api(home: Home) -> Iterator[Server]:
 
 def expected_score(home: Home, version: int, body: Mapping[str, Any]) -> float:
     """What the model gives on the same inputs, built here without the API's code."""
-    row = {**fake_features([body], home.spec.features.service)[0], **body}
+    row = {
+        **fake_features([body], home.spec.features.service)[0],
+        **body,
+        home.spec.events.timestamp: datetime.now(UTC),
+    }
     nulls = {name: pl.Float64 for name, value in row.items() if value is None}
     frame = pl.DataFrame([row], schema_overrides=nulls)
     inputs = transform.to_numpy(transform.model_inputs(frame, home.spec))
@@ -245,7 +256,7 @@ def test_predict_lifecycle_and_live_promotion(home: Home, api: Server) -> None:
     first = logged.row(0, named=True)
     assert first["model_version"] == 1 and first["request"]["merchant_category"] == "electronics"
     assert first["score"] == pytest.approx(expected_score(home, 1, VALID), abs=1e-9)
-    assert list(first["inputs"]) == transform.feature_names(home.spec)
+    assert sorted(first["inputs"]) == sorted(transform.feature_names(home.spec))
     unknown = logged.filter(pl.col("request_id") == "unknown-customer_1")
     assert unknown.height == 1
     assert unknown["inputs"].struct.field("cust_txn_count_7d").to_list() == [None]

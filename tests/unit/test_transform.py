@@ -1,9 +1,14 @@
-"""The model-input transform: order, encodings, missing values, and one-row == many-rows."""
+"""The model-input transform: order, encodings, missing values, request-time inputs, services,
+and one-row == many-rows.
+
+Most tests pin the spec to fraud_v1 (its layout is small and frozen); the fraud_v2 tests below
+cover request-time inputs and serving a model through the service it was trained on."""
 
 from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -13,7 +18,10 @@ from loopline.features.feast_ops import SERVICES
 from loopline.features.transform import feature_names, model_inputs, to_numpy
 from loopline.spec import load_spec
 
-SPEC = load_spec("fraud")
+FRAUD = load_spec("fraud")
+SPEC = FRAUD.model_copy(
+    update={"features": FRAUD.features.model_copy(update={"service": "fraud_v1"})}
+)
 FEAST = SERVICES["fraud_v1"].features
 
 EXPECTED_ORDER = [
@@ -194,3 +202,96 @@ def test_unknown_feature_service_is_a_clear_error():
     )
     with pytest.raises(ValueError, match="no layout declared for 'fraud_v9'"):
         feature_names(spec)
+    with pytest.raises(ValueError, match="no layout declared for 'fraud_v8'"):
+        model_inputs(_frame(), SPEC, service="fraud_v8")
+
+
+# --- fraud_v2: request-time inputs -----------------------------------------------------------
+
+V2 = SERVICES["fraud_v2"]
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _frame_v2(n: int = 1, **overrides: list) -> pl.DataFrame:
+    data: dict[str, list] = {
+        "event_timestamp": [NOW] * n,
+        "amount": [120.0] * n,
+        "merchant_category": ["grocery"] * n,
+        "channel": ["online"] * n,
+        "country": ["US"] * n,
+        "hour": [12] * n,
+        **{f: [3] * n for f in V2.features if "count" in f or "distinct" in f or "labels_" in f},
+        **{f: [40.0] * n for f in V2.features if "amount" in f or "rate" in f},
+        "merch_labels_30d": [5] * n,
+        "cust_last_txn_epoch_us": [int((NOW - timedelta(minutes=90)).timestamp() * 1e6)] * n,
+    }
+    data.update(overrides)
+    return pl.DataFrame(data).with_columns(pl.col("event_timestamp").cast(pl.Datetime("us", "UTC")))
+
+
+def test_fraud_v2_names_leave_out_helpers_and_end_with_request_time_inputs():
+    names = feature_names(FRAUD)
+    assert FRAUD.features.service == "fraud_v2"
+    assert names[:5] == ["amount", "merchant_category", "channel", "country", "hour"]
+    assert "cust_last_txn_epoch_us" not in names  # an absolute time is not a model input
+    assert names[-5:] == [
+        "amount_to_cust_mean_30d",
+        "amount_zscore_cust_30d",
+        "amount_to_cust_sum_1d",
+        "secs_since_cust_last_txn",
+        "amount_to_merch_mean_30d",
+    ]
+    assert model_inputs(_frame_v2(), FRAUD).columns == names
+    assert feature_names(FRAUD, service="fraud_v1") == EXPECTED_ORDER
+
+
+@pytest.mark.parametrize(
+    ("overrides", "column", "expected"),
+    [
+        ({}, "secs_since_cust_last_txn", 5400.0),
+        ({"cust_last_txn_epoch_us": [None]}, "secs_since_cust_last_txn", math.nan),
+        ({}, "amount_to_cust_mean_30d", 3.0),
+        ({"cust_amount_std_30d": [20.0]}, "amount_zscore_cust_30d", 4.0),
+        ({"cust_amount_std_30d": [0.0]}, "amount_zscore_cust_30d", math.nan),
+        ({"cust_amount_std_30d": [None]}, "amount_zscore_cust_30d", math.nan),
+        ({"cust_amount_sum_1d": [0.0]}, "amount_to_cust_sum_1d", math.nan),
+        ({"merch_amount_mean_30d": [60.0]}, "amount_to_merch_mean_30d", 2.0),
+    ],
+)
+def test_request_time_inputs(overrides, column, expected):
+    value = model_inputs(_frame_v2(**overrides), FRAUD)[column][0]
+    assert value == pytest.approx(expected, nan_ok=True)
+
+
+def test_elapsed_time_uses_the_request_time_and_needs_it():
+    later = _frame_v2(event_timestamp=[NOW + timedelta(hours=1)])
+    assert model_inputs(later, FRAUD)["secs_since_cust_last_txn"][0] == 9000.0
+    with pytest.raises(ValueError, match=re.escape("missing column(s) event_timestamp")):
+        model_inputs(_frame_v2().drop("event_timestamp"), FRAUD)
+
+
+def test_a_model_pinned_to_fraud_v1_is_fed_by_fraud_v1_under_a_fraud_v2_spec():
+    v1_row = _frame()  # fraud_v1 features only, as the v1 online lookup returns them
+    with pytest.raises(ValueError, match="missing column"):
+        model_inputs(v1_row, FRAUD)
+    pinned = model_inputs(v1_row, FRAUD, service="fraud_v1")
+    assert pinned.equals(model_inputs(v1_row, SPEC))
+
+
+def test_fraud_v2_one_row_alone_equals_the_same_row_in_a_big_frame():
+    rng = np.random.default_rng(3)
+    n = 2_000
+    big = _frame_v2(
+        n,
+        amount=rng.lognormal(3, 1.5, n).tolist(),
+        cust_amount_std_30d=[
+            None if i % 11 == 0 else float(v) for i, v in enumerate(rng.random(n))
+        ],
+        cust_last_txn_epoch_us=[
+            None if i % 7 == 0 else int(v) for i, v in enumerate(rng.integers(0, 10**15, n))
+        ],
+    )
+    matrix = to_numpy(model_inputs(big, FRAUD))
+    for i in [0, 7, 11, 1999]:
+        alone = to_numpy(model_inputs(big.slice(i, 1), FRAUD))
+        assert alone.tobytes() == matrix[i : i + 1].tobytes()

@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from loopline.features.feast_ops import NOT_FOUND
 from loopline.lake.artifacts import ArtifactStore
 from loopline.serving.model_cache import LoadedModel, ModelCache
 from loopline.serving.prediction_log import PredictionLog
@@ -59,7 +60,9 @@ FeatureLookup = Callable[[Sequence[Mapping[str, Any]], str], list[dict[str, Any]
 class InputTransform(Protocol):
     """What serving needs of `loopline.features.transform` (the module satisfies this)."""
 
-    def model_inputs(self, frame: pl.DataFrame, spec: UseCaseSpec) -> pl.DataFrame: ...
+    def model_inputs(
+        self, frame: pl.DataFrame, spec: UseCaseSpec, service: str | None = None
+    ) -> pl.DataFrame: ...
 
     def to_numpy(self, frame: pl.DataFrame) -> np.ndarray: ...
 
@@ -105,7 +108,7 @@ class _Features:
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.exception("opening the Feast feature store failed")
                 return
-            self._lookup = partial(feast_ops.online_features, store)
+            self._lookup = partial(feast_ops.online_features, store, unknown="report")
             self.error = None
 
     def __call__(self, rows: Sequence[Mapping[str, Any]], service: str) -> list[dict[str, Any]]:
@@ -227,7 +230,7 @@ def create_app(
 
     def score(
         model: LoadedModel, body: BaseModel, now: datetime
-    ) -> tuple[dict[str, Any], dict[str, Any], float]:
+    ) -> tuple[dict[str, Any], dict[str, Any], float, list[str]]:
         fields = body.model_dump(exclude={"request_id"})
         keys = {key: fields[key] for key in spec.entity_keys}
         try:
@@ -239,6 +242,9 @@ def create_app(
             raise HTTPException(
                 503, f"feature lookup failed for service '{model.feature_service}': {exc}"
             ) from exc
+        # Entities the online store has never seen (a brand-new customer is normal traffic, and
+        # training saw the same missing values): scored, and reported in the response and log.
+        unknown = [str(entity) for entity in found.pop(NOT_FOUND, [])]
         # Request fields win over anything the lookup echoes back (e.g. the join keys).
         row = {
             **{k: v for k, v in found.items() if k not in fields},
@@ -246,7 +252,8 @@ def create_app(
             spec.events.timestamp: now,
         }
         try:
-            inputs = shared.model_inputs(request_frame(row, spec), spec)
+            # The model's own service: a champion pinned to an older service keeps its inputs.
+            inputs = shared.model_inputs(request_frame(row, spec), spec, model.feature_service)
         except ValueError as exc:  # e.g. a feature of a type the transform cannot encode
             log.exception("building model inputs failed")
             raise HTTPException(500, f"building model inputs failed: {exc}") from exc
@@ -260,7 +267,7 @@ def create_app(
         matrix = shared.to_numpy(inputs.select(model.inputs))
         value = float(model.booster.predict(matrix, num_threads=1)[0])
         by_name = dict(zip(model.inputs, matrix[0].tolist(), strict=True))
-        return fields, by_name, value
+        return fields, by_name, value, unknown
 
     @app.post("/predict", response_model=PredictionResponse)
     def predict(body: RequestModel) -> PredictionResponse:  # type: ignore[valid-type]
@@ -271,7 +278,7 @@ def create_app(
             raise _no_model(cache)
         request_id = body.request_id or uuid.uuid4().hex
         now = utcnow()
-        fields, inputs, value = score(model, body, now)
+        fields, inputs, value, unknown = score(model, body, now)
         record = {
             "request_id": request_id,
             "ts": now,
@@ -283,6 +290,7 @@ def create_app(
             "request": fields,
             "inputs": inputs,
             "score": value,
+            "unknown_entities": unknown,
         }
         try:
             runtime["log"].append(record)
@@ -296,6 +304,7 @@ def create_app(
             model_version=model.version,
             request_id=request_id,
             feature_service=model.feature_service,
+            unknown_entities=unknown,
         )
 
     @app.get("/health", response_model=HealthResponse)

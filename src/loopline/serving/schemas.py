@@ -81,6 +81,9 @@ class PredictionResponse(BaseModel):
     model_version: int
     request_id: str
     feature_service: str
+    unknown_entities: list[str] = Field(
+        default_factory=list, description="Entities the online store has no features for."
+    )
 
 
 class HealthResponse(BaseModel):

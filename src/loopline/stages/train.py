@@ -33,7 +33,11 @@ def run_train(
     ctx = open_context(settings, spec)
     events_dv = latest(ctx, spec.events.table)
     labels_dv = latest(ctx, spec.labels.table)
-    feature_dvs = {t.name: latest(ctx, t.name) for t in spec.features.tables}
+    # Lineage covers the tables behind the service's views (other tables serve older services).
+    service_views = feast_ops.service_layout(spec.features.service).views
+    feature_dvs = {
+        t.name: latest(ctx, t.name) for t in spec.features.tables if t.name in service_views
+    }
     params = {
         "training": spec.training.model_dump(),
         "events_version": events_dv.table_version,
@@ -49,10 +53,26 @@ def run_train(
         if labelled.height < 100:
             raise StageError(f"only {labelled.height} labelled events as of {as_of}: too few")
         store = feast_ops.open_store(settings)
-        training_set = feast_ops.training_frame(store, labelled, spec.features.service)
-        run.log_artifact_bytes(
+        pit = feast_ops.training_set(store, labelled, spec.features.service)
+        training_set = pit.frame
+        # The snapshot is content-addressed: its artifact id is the sha256 of its Parquet bytes.
+        snapshot_id = run.log_artifact_bytes(
             "training_set", parquet_bytes(training_set), media_type="application/parquet"
         )
+        lineage = {
+            "feature_service": spec.features.service,
+            "feature_views": pit.lineage(),
+            "training_set": {
+                "artifact_id": snapshot_id,
+                "frame_hash": tables.frame_hash(training_set),
+                "rows": training_set.height,
+            },
+            "sources": {
+                spec.events.table: events_dv.table_version,
+                spec.labels.table: labels_dv.table_version,
+            },
+        }
+        run.set_summary(lineage=lineage)
         train_df, valid_df = time_split(
             training_set, spec.events.timestamp, spec.training.valid_fraction
         )
@@ -96,6 +116,9 @@ def run_train(
                 datasets=datasets,
                 reference_profile_id=profile_id,
             )
+            # What the model was trained on, next to its inputs: the service it is pinned to,
+            # each view's definition hash and source version, the training-set snapshot.
+            version.feature_names = {**version.feature_names, **lineage}
             gate_rules.record_gate_results(
                 session, model_version_id=version.id, verdicts=verdicts, run_id=run.run_id
             )
