@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
+from sqlalchemy.orm import Session
 
 from loopline.lake import tables
 from loopline.registry import gates as gate_rules
@@ -13,6 +14,7 @@ from loopline.registry import models as registry
 from loopline.settings import Settings
 from loopline.spec import UseCaseSpec
 from loopline.stages.common import Context, StageError, latest, open_context, parquet_bytes
+from loopline.store.tables import Run
 
 
 def _champion_metrics(ctx: Context) -> dict[str, float] | None:
@@ -103,7 +105,11 @@ def run_train(
         verdicts = gate_rules.evaluate_gates(spec.gates, metrics, champion)
         datasets = {"events": events_dv.id, "labels": labels_dv.id}
         datasets |= {f"feature:{name}": dv.id for name, dv in feature_dvs.items()}
-        with ctx.store.session() as session:
+        registered: dict[str, int] = {}
+
+        def register(session: Session) -> None:
+            # Committed in the transaction that closes the run as succeeded, or not at all: a
+            # process killed before the end leaves a crashed run and no version pointing at it.
             version = registry.register_version(
                 session,
                 model_name=spec.model_name,
@@ -122,9 +128,13 @@ def run_train(
             gate_rules.record_gate_results(
                 session, model_version_id=version.id, verdicts=verdicts, run_id=run.run_id
             )
+            row = session.get_one(Run, run.run_id)
+            row.summary = {**row.summary, "model_version": version.version}
+            registered["version"] = version.version
+
+        run.on_success(register)
         summary = {
             "model_name": spec.model_name,
-            "model_version": version.version,
             "metrics": metrics,
             "gates_passed": all(v.passed for v in verdicts),
             "train_rows": train_df.height,
@@ -132,5 +142,6 @@ def run_train(
             "best_iteration": model.best_iteration,
         }
         run.set_summary(**summary)
+    summary["model_version"] = registered["version"]
     summary["run_id"] = run.run_id
     return summary
