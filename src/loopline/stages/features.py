@@ -50,20 +50,7 @@ def run_features(
     full: bool = False,
 ) -> dict[str, Any]:
     """Build the feature tables, apply the Feast repo, and materialize the online store."""
-    from loopline.features import feast_ops
-
-    ctx = open_context(settings, spec)
-    inputs = _inputs(ctx)
-    with ctx.run("features", flow_run_id=flow_run_id, params={"step": "build+materialize",
-                                                              "full": full}) as run:  # fmt: skip
-        store = feast_ops.open_store(settings)
-        summary = _build(ctx, store, inputs, run.run_id, full=full)
-        summary["materialized"] = _materialize(ctx, store, end=None)
-        summary["freshness"] = feast_ops.freshness(store)
-        run.log_metrics(_row_metrics(summary))
-        run.set_summary(**summary)
-    summary["run_id"] = run.run_id
-    return summary
+    return run_feature_build(settings, spec, flow_run_id=flow_run_id, full=full, materialize=True)
 
 
 def run_feature_build(
@@ -72,16 +59,20 @@ def run_feature_build(
     *,
     flow_run_id: str | None = None,
     full: bool = False,
+    materialize: bool = False,
 ) -> dict[str, Any]:
-    """Build the feature tables (incrementally unless `full`) and apply the Feast repo."""
+    """Build the feature tables (incrementally unless `full`) and apply the Feast repo;
+    with `materialize`, also bring the online store up to date."""
     from loopline.features import feast_ops
 
     ctx = open_context(settings, spec)
     inputs = _inputs(ctx)
-    with ctx.run("features", flow_run_id=flow_run_id, params={"step": "build",
-                                                              "full": full}) as run:  # fmt: skip
+    step = "build+materialize" if materialize else "build"
+    with ctx.run("features", flow_run_id=flow_run_id, params={"step": step, "full": full}) as run:
         store = feast_ops.open_store(settings)
         summary = _build(ctx, store, inputs, run.run_id, full=full)
+        if materialize:
+            summary["materialized"] = _materialize(ctx, store, end=None)
         summary["freshness"] = feast_ops.freshness(store)
         run.log_metrics(_row_metrics(summary))
         run.set_summary(**summary)
