@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,21 @@ def pg_schema() -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
     engine.dispose()
+
+
+@pytest.fixture
+def run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """Call the CLI's entry point in-process: (exit code, stdout, stderr)."""
+    from loopline.cli import main
+
+    def call(home: Path, *args: str) -> tuple[int, str, str]:
+        monkeypatch.setenv("LOOPLINE_HOME", str(home))
+        monkeypatch.setattr(sys, "argv", ["loopline", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        out = capsys.readouterr()
+        return int(exited.value.code or 0), out.out, out.err
+
+    return call

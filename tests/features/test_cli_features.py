@@ -3,30 +3,7 @@ nothing; status works on an empty home."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
-
-from loopline.cli import main
-
-
-@pytest.fixture
-def run(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., tuple[int, str, str]]:
-    """Call the CLI's entry point in-process: (exit code, stdout, stderr)."""
-
-    def call(home: Path, *args: str) -> tuple[int, str, str]:
-        monkeypatch.setenv("LOOPLINE_HOME", str(home))
-        monkeypatch.setattr(sys, "argv", ["loopline", *args])
-        with pytest.raises(SystemExit) as exited:
-            main()
-        out = capsys.readouterr()
-        return int(exited.value.code or 0), out.out, out.err
-
-    return call
 
 
 @pytest.mark.parametrize(
