@@ -296,6 +296,9 @@ class LabelSpec(TableSpec):
 
     column: str
     delay_days: int = Field(ge=0, description="Days until an unlabelled event counts as negative.")
+    classes: list[str] | None = Field(
+        default=None, description="Multiclass: class names; label value i is classes[i]."
+    )
 
 
 class FeatureTable(_Strict):
@@ -309,13 +312,61 @@ class FeatureTable(_Strict):
     )
 
 
+class DerivedInput(_Strict):
+    """A request-time model input computed from request fields and Feast features.
+
+    `ratio`: numerator / denominator; `zscore`: (value - mean) / std; `elapsed`: seconds from
+    `since` (epoch microseconds) to the event time. See `loopline.features.transform`.
+    """
+
+    kind: Literal["ratio", "zscore", "elapsed"]
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    numerator: str | None = None
+    denominator: str | None = None
+    value: str | None = None
+    mean: str | None = None
+    std: str | None = None
+    since: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DerivedInput:
+        needs = {
+            "ratio": ("numerator", "denominator"),
+            "zscore": ("value", "mean", "std"),
+            "elapsed": ("since",),
+        }[self.kind]
+        missing = [n for n in needs if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"derived input '{self.name}' ({self.kind}) needs {missing}")
+        return self
+
+
+class ServiceLayoutSpec(_Strict):
+    """What a Feast feature service feeds the model, declared with the use case.
+
+    Attributes:
+        views: Feature view -> its features, in model-input order.
+        derived: Request-time inputs computed from them.
+        helpers: Features fetched only to derive inputs (not model inputs themselves).
+    """
+
+    views: dict[str, list[str]] = Field(min_length=1)
+    derived: list[DerivedInput] = Field(default_factory=list)
+    helpers: list[str] = Field(default_factory=list)
+
+
 class FeaturesSpec(_Strict):
-    """Model inputs: request fields, the Feast feature service, and categorical fields."""
+    """Model inputs: request fields, the Feast feature service, and categorical fields.
+
+    `layouts` declares the services of this use case; services without a declared layout are
+    looked up among loopline's built-in ones (`loopline.features.feast_ops.SERVICES`).
+    """
 
     service: str
     tables: list[FeatureTable] = Field(min_length=1)
     request: list[str] = Field(description="Fields taken from the event itself.")
     categorical: list[str] = Field(default_factory=list)
+    layouts: dict[str, ServiceLayoutSpec] = Field(default_factory=dict)
 
 
 class Gate(_Strict):
@@ -332,6 +383,100 @@ class Gate(_Strict):
         if self.kind in ("min", "max") and self.threshold is None:
             raise ValueError(f"gate '{self.name}' of kind '{self.kind}' needs a threshold")
         return self
+
+
+Task = Literal["binary_classification", "regression", "multiclass_classification"]
+
+TASK_METRICS: dict[str, frozenset[str]] = {
+    "binary_classification": frozenset(
+        {"roc_auc", "average_precision", "log_loss", "brier", "positive_rate", "accuracy"}
+    ),
+    "regression": frozenset({"rmse", "mae", "r2", "mape"}),
+    "multiclass_classification": frozenset({"log_loss", "accuracy", "macro_f1"}),
+}
+"""The metrics each task can compute (`loopline.training.metrics` implements them)."""
+
+
+class CostMatrix(_Strict):
+    """What each outcome of a binary decision costs; the decision threshold minimises it."""
+
+    true_positive: float = 0.0
+    false_positive: float = Field(default=1.0, ge=0)
+    false_negative: float = Field(default=1.0, ge=0)
+    true_negative: float = 0.0
+
+
+class Segment(_Strict):
+    """A slice of the holdout to report metrics on: one slice per value of `column`, or per
+    bin of a numeric column when `bins` (ascending edges) is given."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    column: str
+    bins: list[float] | None = Field(default=None, min_length=1)
+
+    @field_validator("bins")
+    @classmethod
+    def _ascending(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(b >= a for a, b in zip(value[1:], value, strict=False)):
+            raise ValueError(f"bins must be strictly ascending, got {value}")
+        return value
+
+
+class EvaluationSpec(_Strict):
+    """What the evaluation report covers beyond the overall metrics."""
+
+    segments: list[Segment] = Field(default_factory=list)
+    sensitive: list[str] = Field(
+        default_factory=list, description="Events columns to report fairness on."
+    )
+    costs: CostMatrix | None = Field(
+        default=None, description="Binary tasks: choose the decision threshold by cost."
+    )
+    threshold: float = Field(default=0.5, gt=0, lt=1, description="Used when no costs.")
+    calibration_bins: int = Field(default=10, ge=2, le=100)
+    min_slice_rows: int = Field(default=30, ge=1, description="Smaller slices are flagged.")
+
+
+class ParamRange(_Strict):
+    """A tunable LightGBM parameter: ints and floats in [low, high] (log scale optional), or a
+    choice among values."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[float | int | str | bool] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamRange:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical range needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"an {self.type} range needs low <= high")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+def _default_search_space() -> dict[str, ParamRange]:
+    return {
+        "learning_rate": ParamRange(type="float", low=0.01, high=0.3, log=True),
+        "num_leaves": ParamRange(type="int", low=8, high=128, log=True),
+        "min_data_in_leaf": ParamRange(type="int", low=5, high=200, log=True),
+        "feature_fraction": ParamRange(type="float", low=0.5, high=1.0),
+        "lambda_l2": ParamRange(type="float", low=1e-3, high=10.0, log=True),
+    }
+
+
+class TuningSpec(_Strict):
+    """Hyper-parameter search: Optuna TPE with pruning, within a budget of trials or minutes."""
+
+    n_trials: int = Field(default=20, ge=1)
+    timeout_minutes: float | None = Field(default=None, gt=0)
+    parallelism: int = Field(default=2, ge=1, le=64)
+    pruning: bool = True
+    search_space: dict[str, ParamRange] = Field(default_factory=_default_search_space)
 
 
 class TrainingSpec(_Strict):
@@ -359,7 +504,7 @@ class UseCaseSpec(_Strict):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
     description: str = ""
-    task: Literal["binary_classification", "regression"]
+    task: Task
     model_name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     entities: list[Entity] = Field(min_length=1)
     events: TableSpec
@@ -368,6 +513,8 @@ class UseCaseSpec(_Strict):
     metrics: list[str] = Field(min_length=1)
     primary_metric: str
     training: TrainingSpec = TrainingSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    tuning: TuningSpec = TuningSpec()
     gates: list[Gate] = Field(default_factory=list)
     drift: DriftSpec = DriftSpec()
 
@@ -375,6 +522,17 @@ class UseCaseSpec(_Strict):
     def _check(self) -> UseCaseSpec:
         if self.primary_metric not in self.metrics:
             raise ValueError(f"primary_metric '{self.primary_metric}' is not in 'metrics'")
+        unknown = [m for m in self.metrics if m not in TASK_METRICS[self.task]]
+        if unknown:
+            known = sorted(TASK_METRICS[self.task])
+            raise ValueError(f"metrics {unknown} do not apply to {self.task} (known: {known})")
+        if self.task == "multiclass_classification" and not self.labels.classes:
+            raise ValueError("a multiclass_classification task needs 'labels.classes'")
+        if self.evaluation.costs is not None and self.task != "binary_classification":
+            raise ValueError("evaluation.costs applies to binary_classification only")
+        for column in [s.column for s in self.evaluation.segments] + self.evaluation.sensitive:
+            if column not in self.events.columns:
+                raise ValueError(f"evaluation column '{column}' is not an events column")
         for name in self.features.request:
             if name not in self.events.columns:
                 raise ValueError(f"request feature '{name}' is not an events column")

@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlparse
 import polars as pl
 
 from loopline.settings import Settings
+from loopline.spec import ServiceLayoutSpec, UseCaseSpec
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore, FeatureView
@@ -192,19 +193,42 @@ SERVICES: dict[str, ServiceLayout] = {
 }
 
 
-def service_layout(service_name: str) -> ServiceLayout:
-    """The declared layout of a feature service.
+def layout_from_spec(declared: ServiceLayoutSpec) -> ServiceLayout:
+    """A service layout declared in a use-case spec, as the transform uses it."""
+    derived: list[Derived] = []
+    for d in declared.derived:
+        if d.kind == "ratio":
+            assert d.numerator and d.denominator
+            derived.append(Ratio(d.name, d.numerator, d.denominator))
+        elif d.kind == "zscore":
+            assert d.value and d.mean and d.std
+            derived.append(ZScore(d.name, d.value, d.mean, d.std))
+        else:
+            assert d.since
+            derived.append(Elapsed(d.name, d.since))
+    return ServiceLayout(
+        views={view: tuple(names) for view, names in declared.views.items()},
+        derived=tuple(derived),
+        helpers=frozenset(declared.helpers),
+    )
+
+
+def service_layout(service_name: str, spec: UseCaseSpec | None = None) -> ServiceLayout:
+    """The declared layout of a feature service: the spec's `features.layouts` first, then
+    loopline's built-in `SERVICES`.
 
     Raises:
         ValueError: no layout is declared for that service.
     """
+    if spec is not None and service_name in spec.features.layouts:
+        return layout_from_spec(spec.features.layouts[service_name])
     try:
         return SERVICES[service_name]
     except KeyError:
-        known = ", ".join(sorted(SERVICES))
+        known = ", ".join(sorted({*SERVICES, *(spec.features.layouts if spec else ())}))
         raise ValueError(
-            f"features.service: no layout declared for '{service_name}' in "
-            f"loopline.features.feast_ops.SERVICES (known: {known})"
+            f"features.service: no layout declared for '{service_name}' in the spec's "
+            f"features.layouts or loopline.features.feast_ops.SERVICES (known: {known})"
         ) from None
 
 

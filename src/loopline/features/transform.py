@@ -41,7 +41,7 @@ def feature_names(spec: UseCaseSpec, service: str | None = None) -> list[str]:
     Raises:
         ValueError: the feature service has no declared layout.
     """
-    layout = service_layout(service or spec.features.service)
+    layout = service_layout(service or spec.features.service, spec)
     return [*spec.features.request, *layout.model_features, *(d.name for d in layout.derived)]
 
 
@@ -69,7 +69,7 @@ def model_inputs(
     Raises:
         ValueError: a needed column is missing or a field has a type that cannot be encoded.
     """
-    layout = service_layout(service or spec.features.service)
+    layout = service_layout(service or spec.features.service, spec)
     timestamp = spec.events.timestamp
     needed = [*spec.features.request, *layout.features]
     for derived in layout.derived:

@@ -36,7 +36,7 @@ def run_train(
     events_dv = latest(ctx, spec.events.table)
     labels_dv = latest(ctx, spec.labels.table)
     # Lineage covers the tables behind the service's views (other tables serve older services).
-    service_views = feast_ops.service_layout(spec.features.service).views
+    service_views = feast_ops.service_layout(spec.features.service, spec).views
     feature_dvs = {
         t.name: latest(ctx, t.name) for t in spec.features.tables if t.name in service_views
     }
