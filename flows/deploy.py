@@ -8,13 +8,10 @@ import tasks
 from prefect import flow
 from prefect.runtime import flow_run
 
-from loopline.settings import Settings
-from loopline.spec import load_spec
-
 
 @flow(name="promote", log_prints=True)
 def promote_flow(
-    use_case: str = "fraud",
+    use_case: str | None = None,
     model_version: int | None = None,
     actor: str = "prefect",
     force: bool = False,
@@ -27,7 +24,7 @@ def promote_flow(
         actor: who promotes, for the audit trail.
         force: promote even if gates failed (recorded as forced).
     """
-    settings, spec = Settings(), load_spec(use_case)
+    settings, spec = tasks.context(use_case)
     return tasks.promote(
         settings, spec, model_version=model_version, actor=actor, force=force,
         flow_run_id=flow_run.id,

@@ -15,7 +15,7 @@ from prefect import flow, task
 from prefect.runtime import flow_run
 
 from loopline.settings import Settings
-from loopline.spec import UseCaseSpec, load_spec
+from loopline.spec import UseCaseSpec
 
 
 @task(name="features-build", **tasks._TASK, **tasks._RETRY)
@@ -44,7 +44,7 @@ def skew(settings: Settings, spec: UseCaseSpec, *, sample: int, flow_run_id: str
 
 @flow(name="features", log_prints=True)
 def features_flow(
-    use_case: str = "fraud", full: bool = False, online: bool = True, skew_sample: int = 0
+    use_case: str | None = None, full: bool = False, online: bool = True, skew_sample: int = 0
 ) -> dict[str, Any]:
     """Build the use case's feature tables and publish them through Feast.
 
@@ -54,7 +54,7 @@ def features_flow(
         online: materialize the online store after the build.
         skew_sample: entities per view to compare online and offline (0: no check).
     """
-    settings, spec = Settings(), load_spec(use_case)
+    settings, spec = tasks.context(use_case)
     run_id = flow_run.id
     summary: dict[str, Any] = {"build": build(settings, spec, full=full, flow_run_id=run_id)}
     if online:

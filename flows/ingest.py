@@ -15,7 +15,7 @@ from prefect import flow, task
 from prefect.runtime import flow_run
 
 from loopline.settings import Settings
-from loopline.spec import UseCaseSpec, load_spec
+from loopline.spec import UseCaseSpec
 
 
 @task(name="ingest-sources", **tasks._TASK, **tasks._RETRY)
@@ -43,7 +43,7 @@ def ingest_sources(
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(
-    use_case: str = "fraud",
+    use_case: str | None = None,
     table: str | None = None,
     paths: list[str] | None = None,
     query: str | None = None,
@@ -60,7 +60,7 @@ def ingest_flow(
         delimiter: CSV delimiter (default: the table's spec).
         encoding: text encoding (default: the table's spec).
     """
-    settings, spec = Settings(), load_spec(use_case)
+    settings, spec = tasks.context(use_case)
     if (paths or query) and table is None:
         raise ValueError("table: required with paths or query (e.g. table='transactions')")
     return ingest_sources(

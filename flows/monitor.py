@@ -8,14 +8,11 @@ import tasks
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from loopline.settings import Settings
-from loopline.spec import load_spec
-
 RETRAIN_DEPLOYMENT = "retrain/loopline"
 
 
 @flow(name="monitor", log_prints=True)
-def monitor_flow(use_case: str = "fraud", trigger_retrain: bool = True) -> dict[str, Any]:
+def monitor_flow(use_case: str | None = None, trigger_retrain: bool = True) -> dict[str, Any]:
     """Profile served traffic; start the retrain deployment if the result says `retrain`.
 
     The decision (effect size, persistence across windows, cooldown) is the monitor stage's;
@@ -25,7 +22,7 @@ def monitor_flow(use_case: str = "fraud", trigger_retrain: bool = True) -> dict[
         use_case: use case name or spec path.
         trigger_retrain: start the retrain deployment when the monitor asks for it.
     """
-    settings, spec = Settings(), load_spec(use_case)
+    settings, spec = tasks.context(use_case)
     result = tasks.monitor(settings, spec, flow_run_id=flow_run.id)
     if trigger_retrain and result.get("retrain"):
         from prefect.deployments import run_deployment

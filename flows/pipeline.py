@@ -8,13 +8,10 @@ import tasks
 from prefect import flow
 from prefect.runtime import flow_run
 
-from loopline.settings import Settings
-from loopline.spec import load_spec
-
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(
-    use_case: str = "fraud",
+    use_case: str | None = None,
     days: int = 60,
     customers: int = 2000,
     seed: int = 7,
@@ -31,7 +28,7 @@ def pipeline_flow(
         demo: write the fraud demo's raw files when there are none (off for real data).
         monitor: end with a monitoring pass.
     """
-    settings, spec = Settings(), load_spec(use_case)
+    settings, spec = tasks.context(use_case)
     run_id = flow_run.id
     summary: dict[str, Any] = {}
     if demo:

@@ -11,14 +11,11 @@ import tasks
 from prefect import flow
 from prefect.runtime import flow_run
 
-from loopline.settings import Settings
-from loopline.spec import load_spec
-
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(use_case: str = "fraud", actor: str = "retrain") -> dict[str, Any]:
+def retrain_flow(use_case: str | None = None, actor: str = "retrain") -> dict[str, Any]:
     """Recompute features, train, and promote the new version if its gates pass."""
-    settings, spec = Settings(), load_spec(use_case)
+    settings, spec = tasks.context(use_case)
     run_id = flow_run.id
     features = tasks.features(settings, spec, flow_run_id=run_id)
     trained = tasks.train(settings, spec, flow_run_id=run_id)

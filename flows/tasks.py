@@ -17,7 +17,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from loopline.settings import Settings
-from loopline.spec import UseCaseSpec
+from loopline.spec import UseCaseSpec, load_spec
+
+
+def context(use_case: str | None) -> tuple[Settings, UseCaseSpec]:
+    """Settings from the environment and the use case: the one named, else LOOPLINE_USE_CASE."""
+    settings = Settings()
+    return settings, load_spec(use_case or settings.use_case)
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -58,11 +64,17 @@ def features(settings: Settings, spec: UseCaseSpec, *, flow_run_id: str | None) 
 
 
 @task(name="train", **_TASK)
-def train(settings: Settings, spec: UseCaseSpec, *, flow_run_id: str | None) -> dict[str, Any]:
+def train(
+    settings: Settings,
+    spec: UseCaseSpec,
+    *,
+    flow_run_id: str | None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train, evaluate and register a model version with its gate results."""
     from loopline.stages import run_train
 
-    return run_train(settings, spec, flow_run_id=flow_run_id)
+    return run_train(settings, spec, flow_run_id=flow_run_id, overrides=overrides)
 
 
 @task(name="promote", **_TASK)

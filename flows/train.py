@@ -8,15 +8,17 @@ import tasks
 from prefect import flow
 from prefect.runtime import flow_run
 
-from loopline.settings import Settings
-from loopline.spec import load_spec
-
 
 @flow(name="train", log_prints=True)
-def train_flow(use_case: str = "fraud") -> dict[str, Any]:
-    """Train and register a new model version; its gate results decide if it may be promoted."""
-    settings, spec = Settings(), load_spec(use_case)
-    return tasks.train(settings, spec, flow_run_id=flow_run.id)
+def train_flow(use_case: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and register a new model version; its gate results decide if it may be promoted.
+
+    Args:
+        use_case: Use-case spec name or YAML path.
+        params: LightGBM params replacing the spec's for this training (e.g. a study's best).
+    """
+    settings, spec = tasks.context(use_case)
+    return tasks.train(settings, spec, flow_run_id=flow_run.id, overrides=params)
 
 
 if __name__ == "__main__":

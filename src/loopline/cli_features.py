@@ -24,7 +24,12 @@ features_app = typer.Typer(
     help="Feature tables, Feast materialization, freshness and skew.", no_args_is_help=True
 )
 
-UseCase = Annotated[str, typer.Option("--use-case", "-u", help="Use case name or spec path.")]
+UseCase = Annotated[
+    str,
+    typer.Option(
+        "--use-case", "-u", envvar="LOOPLINE_USE_CASE", help="Use case name or spec path."
+    ),
+]
 
 
 @contextmanager

@@ -26,7 +26,9 @@ implementation unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -59,6 +61,22 @@ class LooplineOfflineStoreConfig(FeastConfigBaseModel):
     staging_location_endpoint_override: StrictStr | None = None
 
 
+_PINNED: ContextVar[Mapping[str, int] | None] = ContextVar("loopline_pinned_sources", default=None)
+
+
+@contextmanager
+def pinned_sources(versions: Mapping[str, int | None]) -> Iterator[None]:
+    """Read the named Delta sources at the given versions (not their newest) in this context.
+
+    `loopline reproduce` rebuilds a training set exactly as a past run read it.
+    """
+    token = _PINNED.set({name: v for name, v in versions.items() if v is not None})
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
+
+
 class SourceFrame:
     """A source read into Polars, with the Delta version it came from (None for Parquet)."""
 
@@ -85,7 +103,7 @@ def read_source(source: DataSource, columns: Sequence[str]) -> SourceFrame:
         info = delta_tables.state(path)
         if info is None:
             raise FileNotFoundError(f"source '{source.name}': no Delta table at {path}")
-        version = info.version
+        version = (_PINNED.get() or {}).get(source.name, info.version)
         frame = delta_tables.read(path, version=version, columns=wanted)
     else:
         frame = pl.read_parquet(path, columns=wanted)

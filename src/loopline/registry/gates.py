@@ -12,7 +12,7 @@ from loopline.spec import Gate
 from loopline.store.tables import GateResult
 
 # Metrics where lower is better; every other metric is higher-is-better.
-LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae", "brier"})
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae", "mape", "brier"})
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,16 @@ class Context:
     artifacts: ArtifactStore
 
     def run(
-        self, kind: str, *, flow_run_id: str | None, params: Mapping[str, Any] | None = None
+        self,
+        kind: str,
+        *,
+        flow_run_id: str | None,
+        params: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        name: str = "",
     ) -> AbstractContextManager[RunHandle]:
-        """A tracked run of this use case."""
+        """A tracked run of this use case (a child of `parent_run_id` when given)."""
         return tracked_run(
             self.store,
             self.artifacts,
@@ -46,7 +53,9 @@ class Context:
             project_dir=self.settings.project_dir,
             params=params,
             flow_run_id=flow_run_id,
-            tags={"use_case": self.spec.name},
+            tags={"use_case": self.spec.name, **(tags or {})},
+            parent_run_id=parent_run_id,
+            name=name,
         )
 
 

@@ -1,10 +1,20 @@
-"""The train stage: point-in-time training set, LightGBM, evaluation, registry, gates."""
+"""The train stage: point-in-time training set, LightGBM, evaluation, registry, gates.
+
+`build_inputs` reads what a training run trains on (the newest dataset versions, or the ones a
+past run recorded, for `loopline reproduce`); `fit_and_record` trains inside a tracked run and
+records everything a reviewer asks for; `run_train` is the stage: both, then the model version
+with its gate results, committed with the run's success.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import polars as pl
 from sqlalchemy.orm import Session
 
@@ -14,7 +24,33 @@ from loopline.registry import models as registry
 from loopline.settings import Settings
 from loopline.spec import UseCaseSpec
 from loopline.stages.common import Context, StageError, latest, open_context, parquet_bytes
-from loopline.store.tables import Run
+from loopline.store.tables import DatasetVersion, Run
+from loopline.tracking import RunHandle
+from loopline.training.model import TrainedModel
+from loopline.training.prepare import Prepared
+
+PROFILE_MAX_ROWS = 200_000
+"""Rows of the training side profiled as the drift reference (a seeded sample beyond that)."""
+
+
+@dataclass
+class TrainingInputs:
+    """The dataset versions a training reads and the point-in-time training set built from
+    them."""
+
+    events: DatasetVersion
+    labels: DatasetVersion
+    features: dict[str, DatasetVersion]
+    training_set: pl.DataFrame
+    lineage: dict[str, Any]
+
+    def params(self, spec: UseCaseSpec) -> dict[str, Any]:
+        """What the run records as its data inputs."""
+        return {
+            "events_version": self.events.table_version,
+            "labels_version": self.labels.table_version,
+            "feature_service": spec.features.service,
+        }
 
 
 def _champion_metrics(ctx: Context) -> dict[str, float] | None:
@@ -23,88 +59,242 @@ def _champion_metrics(ctx: Context) -> dict[str, float] | None:
         return dict(target.model_version.metrics) if target else None
 
 
-def run_train(
-    settings: Settings, spec: UseCaseSpec, *, flow_run_id: str | None = None
-) -> dict[str, Any]:
-    """Build a point-in-time training set through Feast, train, evaluate, register, gate."""
-    from loopline.features import feast_ops, transform
-    from loopline.monitoring.profiles import profile_frame, serialize
-    from loopline.training.dataset import labelled_events
-    from loopline.training.model import evaluate, time_split, train_booster
+def _version_of(ctx: Context, dataset: str, table_version: int | None) -> DatasetVersion:
+    if table_version is None:
+        return latest(ctx, dataset)
+    with ctx.store.reader() as session:
+        row = (
+            session.query(DatasetVersion)
+            .filter_by(dataset=dataset, table_version=table_version)
+            .one_or_none()
+        )
+    if row is None:
+        raise StageError(f"dataset '{dataset}' has no recorded version {table_version}")
+    return row
 
-    ctx = open_context(settings, spec)
-    events_dv = latest(ctx, spec.events.table)
-    labels_dv = latest(ctx, spec.labels.table)
+
+def build_inputs(
+    ctx: Context,
+    *,
+    events_version: int | None = None,
+    labels_version: int | None = None,
+    feature_versions: Mapping[str, int | None] | None = None,
+) -> TrainingInputs:
+    """Read the labelled events and build the point-in-time training set through Feast.
+
+    Args:
+        ctx: The stage context.
+        events_version, labels_version: Delta versions to read (default: the newest).
+        feature_versions: Feature source name -> Delta version to read (default: the newest).
+
+    Raises:
+        StageError: a dataset has no (such) version, or too few events are labelled.
+    """
+    from loopline.features import feast_ops
+    from loopline.features.offline_store import pinned_sources
+    from loopline.training.dataset import labelled_events
+
+    spec = ctx.spec
+    events_dv = _version_of(ctx, spec.events.table, events_version)
+    labels_dv = _version_of(ctx, spec.labels.table, labels_version)
     # Lineage covers the tables behind the service's views (other tables serve older services).
     service_views = feast_ops.service_layout(spec.features.service, spec).views
     feature_dvs = {
         t.name: latest(ctx, t.name) for t in spec.features.tables if t.name in service_views
     }
+    events = tables.read(events_dv.uri, events_dv.table_version)
+    labels = tables.read(labels_dv.uri, labels_dv.table_version)
+    as_of = events.get_column(spec.events.timestamp).max()
+    assert isinstance(as_of, datetime)
+    labelled = labelled_events(events, labels, spec, as_of=as_of)
+    if labelled.height < 100:
+        raise StageError(f"only {labelled.height} labelled events as of {as_of}: too few")
+    store = feast_ops.open_store(ctx.settings)
+    with pinned_sources(feature_versions or {}):
+        pit = feast_ops.training_set(store, labelled, spec.features.service)
+    lineage = {
+        "feature_service": spec.features.service,
+        "feature_views": pit.lineage(),
+        "training_set": {"frame_hash": tables.frame_hash(pit.frame), "rows": pit.frame.height},
+        "sources": {
+            spec.events.table: events_dv.table_version,
+            spec.labels.table: labels_dv.table_version,
+        },
+    }
+    return TrainingInputs(events_dv, labels_dv, feature_dvs, pit.frame, lineage)
+
+
+def _profile_reference(
+    run: RunHandle, prepared: Prepared, model: TrainedModel, spec: UseCaseSpec
+) -> str:
+    from loopline.features import transform
+    from loopline.monitoring.profiles import profile_frame, serialize
+
+    train = prepared.train
+    predictions = model.predict(prepared.x_train)
+    if predictions.ndim == 2:  # multiclass: the predicted class drifts, not a probability
+        predictions = predictions.argmax(axis=1).astype(np.float64)
+    reference = transform.model_inputs(train, spec).with_columns(
+        prediction=pl.Series(predictions)
+    )
+    if reference.height > PROFILE_MAX_ROWS:
+        reference = reference.sample(PROFILE_MAX_ROWS, seed=spec.training.seed)
+    return run.log_artifact_bytes(
+        "reference_profile", serialize(profile_frame(reference)), media_type="application/x-whylogs"
+    )
+
+
+def _json_artifact(run: RunHandle, name: str, value: Any) -> str:
+    data = json.dumps(value, sort_keys=True, allow_nan=False).encode()
+    return run.log_artifact_bytes(name, data, media_type="application/json")
+
+
+def fit_and_record(
+    run: RunHandle,
+    prepared: Prepared,
+    spec: UseCaseSpec,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callable[..., Any]] = (),
+    explain: bool = True,
+) -> tuple[TrainedModel, dict[str, float], dict[str, Any]]:
+    """Train on `prepared` and record the model, its params, curves, metrics and evaluation.
+
+    Args:
+        run: The open run to record into.
+        prepared: Both sides of the training set.
+        spec: The use case.
+        overrides: LightGBM params replacing the spec's (tuned values).
+        callbacks: Extra LightGBM callbacks (tuning's pruning).
+        explain: Also record importance, SHAP, the evaluation report and the drift reference
+            (tuning trials skip these).
+
+    Returns:
+        (the model, its holdout metrics, the summary written to the run).
+    """
+    from loopline.training.metrics import compute_metrics
+    from loopline.training.model import train_booster
+    from loopline.training.report import evaluation_report
+
+    model = train_booster(
+        prepared.x_train,
+        prepared.y_train,
+        prepared.x_valid,
+        prepared.y_valid,
+        feature_names=prepared.feature_names,
+        config=spec.training,
+        task=spec.task,
+        num_class=prepared.num_class,
+        overrides=overrides,
+        callbacks=callbacks,
+    )
+    resolved = model.resolved_params()
+    run.log_params({"lightgbm": resolved, "seed": spec.training.seed})
+    for key, values in model.curves.items():
+        run.log_history(key, values)
+    predictions = model.predict(prepared.x_valid)
+    metrics = compute_metrics(spec.task, prepared.y_valid, predictions, spec.metrics)
+    run.log_metrics(metrics)
+    summary: dict[str, Any] = {
+        "model_name": spec.model_name,
+        "task": spec.task,
+        "metrics": metrics,
+        "split": prepared.split_record(spec.events.timestamp),
+        "train_rows": prepared.train.height,
+        "valid_rows": prepared.valid.height,
+        "best_iteration": model.best_iteration,
+    }
+    if explain:
+        importance = model.importance()
+        run.log_artifact_bytes(
+            "feature_importance", parquet_bytes(importance), media_type="application/parquet"
+        )
+        shap = model.shap_summary(prepared.x_valid, seed=spec.training.seed)
+        _json_artifact(run, "shap_summary", shap)
+        report = evaluation_report(
+            prepared.valid,
+            task=spec.task,
+            y_true_col=spec.labels.column,
+            pred=predictions,
+            evaluation=spec.evaluation,
+            metrics=spec.metrics,
+            classes=spec.labels.classes,
+        )
+        _json_artifact(run, "evaluation_report", report)
+        summary |= {
+            "top_features": importance.head(10).to_dicts(),
+            "shap_top": shap["features"][:10],
+            "evaluation": _report_digest(report),
+        }
+    run.set_summary(**summary)
+    return model, metrics, summary
+
+
+def _report_digest(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The evaluation report's headline numbers, kept in the run summary for listing."""
+    extras = report.get("extras", {})
+    digest: dict[str, Any] = {"slices": len(report.get("slices", []))}
+    threshold = extras.get("threshold")
+    if threshold:
+        digest["threshold"] = threshold.get("threshold")
+    calibration = extras.get("calibration")
+    if calibration:
+        digest["expected_calibration_error"] = calibration.get("ece")
+    fairness = report.get("fairness") or []
+    if fairness:
+        digest["fairness"] = {entry["attribute"]: entry.get("worst") or {} for entry in fairness}
+    return digest
+
+
+def run_train(
+    settings: Settings,
+    spec: UseCaseSpec,
+    *,
+    flow_run_id: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Build a point-in-time training set through Feast, train, evaluate, register, gate.
+
+    Args:
+        settings: Where the platform's stores are.
+        spec: The use case.
+        flow_run_id: The Prefect flow run executing this, if any.
+        overrides: LightGBM params replacing the spec's (e.g. a study's best trial).
+        parent_run_id: The enclosing run (a tuning study), if any.
+    """
+    from loopline.training.prepare import prepare
+
+    ctx = open_context(settings, spec)
+    inputs = build_inputs(ctx)
     params = {
         "training": spec.training.model_dump(),
-        "events_version": events_dv.table_version,
-        "labels_version": labels_dv.table_version,
-        "feature_service": spec.features.service,
+        **inputs.params(spec),
+        "overrides": dict(overrides or {}),
     }
-    with ctx.run("train", flow_run_id=flow_run_id, params=params) as run:
-        events = tables.read(events_dv.uri, events_dv.table_version)
-        labels = tables.read(labels_dv.uri, labels_dv.table_version)
-        as_of = events.get_column(spec.events.timestamp).max()
-        assert isinstance(as_of, datetime)
-        labelled = labelled_events(events, labels, spec, as_of=as_of)
-        if labelled.height < 100:
-            raise StageError(f"only {labelled.height} labelled events as of {as_of}: too few")
-        store = feast_ops.open_store(settings)
-        pit = feast_ops.training_set(store, labelled, spec.features.service)
-        training_set = pit.frame
+    with ctx.run(
+        "train", flow_run_id=flow_run_id, params=params, parent_run_id=parent_run_id
+    ) as run:
+        _json_artifact(run, "spec", spec.model_dump(mode="json"))
         # The snapshot is content-addressed: its artifact id is the sha256 of its Parquet bytes.
         snapshot_id = run.log_artifact_bytes(
-            "training_set", parquet_bytes(training_set), media_type="application/parquet"
+            "training_set", parquet_bytes(inputs.training_set), media_type="application/parquet"
         )
-        lineage = {
-            "feature_service": spec.features.service,
-            "feature_views": pit.lineage(),
-            "training_set": {
-                "artifact_id": snapshot_id,
-                "frame_hash": tables.frame_hash(training_set),
-                "rows": training_set.height,
-            },
-            "sources": {
-                spec.events.table: events_dv.table_version,
-                spec.labels.table: labels_dv.table_version,
-            },
-        }
+        lineage = inputs.lineage
+        lineage["training_set"]["artifact_id"] = snapshot_id
         run.set_summary(lineage=lineage)
-        train_df, valid_df = time_split(
-            training_set, spec.events.timestamp, spec.training.valid_fraction
-        )
-        names = transform.feature_names(spec)
-        x_train = transform.to_numpy(transform.model_inputs(train_df, spec))
-        x_valid = transform.to_numpy(transform.model_inputs(valid_df, spec))
-        y_train = train_df.get_column(spec.labels.column).to_numpy()
-        y_valid = valid_df.get_column(spec.labels.column).to_numpy()
-        model = train_booster(
-            x_train, y_train, x_valid, y_valid, feature_names=names, config=spec.training
-        )
-        metrics = evaluate(y_valid, model.predict(x_valid), spec.metrics)
-        run.log_metrics(metrics)
-        for key, values in model.curves.items():
-            run.log_history(key, values)
-        reference = transform.model_inputs(train_df, spec).with_columns(
-            prediction=pl.Series(model.predict(x_train))
-        )
-        profile_id = run.log_artifact_bytes(
-            "reference_profile",
-            serialize(profile_frame(reference)),
-            media_type="application/x-whylogs",
-        )
+        try:
+            prepared = prepare(inputs.training_set, spec)
+        except ValueError as exc:
+            raise StageError(str(exc)) from exc
+        model, metrics, summary = fit_and_record(run, prepared, spec, overrides=overrides)
+        profile_id = _profile_reference(run, prepared, model, spec)
         model_id = run.log_artifact_bytes(
             "model", model.to_bytes(), media_type="text/x-lightgbm-model"
         )
-        champion = _champion_metrics(ctx)
-        verdicts = gate_rules.evaluate_gates(spec.gates, metrics, champion)
-        datasets = {"events": events_dv.id, "labels": labels_dv.id}
-        datasets |= {f"feature:{name}": dv.id for name, dv in feature_dvs.items()}
+        verdicts = gate_rules.evaluate_gates(spec.gates, metrics, _champion_metrics(ctx))
+        datasets = {"events": inputs.events.id, "labels": inputs.labels.id}
+        datasets |= {f"feature:{name}": dv.id for name, dv in inputs.features.items()}
         registered: dict[str, int] = {}
 
         def register(session: Session) -> None:
@@ -117,7 +307,7 @@ def run_train(
                 run_id=run.run_id,
                 artifact_id=model_id,
                 feature_service=spec.features.service,
-                feature_names=names,
+                feature_names=prepared.feature_names,
                 metrics=metrics,
                 datasets=datasets,
                 reference_profile_id=profile_id,
@@ -133,15 +323,9 @@ def run_train(
             registered["version"] = version.version
 
         run.on_success(register)
-        summary = {
-            "model_name": spec.model_name,
-            "metrics": metrics,
-            "gates_passed": all(v.passed for v in verdicts),
-            "train_rows": train_df.height,
-            "valid_rows": valid_df.height,
-            "best_iteration": model.best_iteration,
-        }
-        run.set_summary(**summary)
-    summary["model_version"] = registered["version"]
-    summary["run_id"] = run.run_id
-    return summary
+        summary["gates_passed"] = all(v.passed for v in verdicts)
+        run.set_summary(gates_passed=summary["gates_passed"])
+    result = {k: v for k, v in summary.items() if k not in ("top_features", "shap_top")}
+    result["model_version"] = registered["version"]
+    result["run_id"] = run.run_id
+    return result
