@@ -12,6 +12,7 @@ from loopline.stages.ingest import run_ingest
 from loopline.stages.monitor import run_monitor
 from loopline.stages.promote import run_promote
 from loopline.stages.train import run_train
+from loopline.stages.tune import run_tune
 
 __all__ = [
     "Context",
@@ -23,5 +24,6 @@ __all__ = [
     "run_monitor",
     "run_promote",
     "run_train",
+    "run_tune",
     "write_demo_data",
 ]

@@ -74,7 +74,7 @@ class TrainedModel:
             }
         ).sort(["gain", "feature"], descending=[True, False])
 
-    def shap_summary(self, inputs: np.ndarray, *, max_rows: int = 5000, seed: int = 0) -> dict:
+    def shap_summary(self, inputs: np.ndarray, *, max_rows: int = 2000, seed: int = 0) -> dict:
         """SHAP summary from LightGBM's `pred_contrib` on (a seeded sample of) `inputs`.
 
         Returns:
