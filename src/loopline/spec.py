@@ -369,20 +369,148 @@ class FeaturesSpec(_Strict):
     layouts: dict[str, ServiceLayoutSpec] = Field(default_factory=dict)
 
 
-class Gate(_Strict):
-    """A promotion rule evaluated on the holdout."""
+_GATE_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 
-    name: str
-    kind: Literal["min", "max", "beats_champion"]
+
+class Gate(_Strict):
+    """A promotion rule; a version with a failed gate is not promoted unless forced.
+
+    Each kind is a subclass picked by `kind` (see `AnyGate`); `loopline.registry.gates`
+    evaluates them on evidence `loopline.registry.evidence` collects for the candidate.
+    """
+
+    name: str = Field(pattern=_GATE_NAME, description="Unique among the spec's gates.")
+    kind: str
+
+
+class MetricGate(Gate):
+    """`min`: the candidate's holdout metric must be >= `threshold` (a floor); `max`: <= it (a
+    ceiling)."""
+
+    kind: Literal["min", "max"]
     metric: str
-    threshold: float | None = None
-    tolerance: float = 0.0
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _check(self) -> Gate:
-        if self.kind in ("min", "max") and self.threshold is None:
+    def _check(self) -> MetricGate:
+        if self.threshold is None:
             raise ValueError(f"gate '{self.name}' of kind '{self.kind}' needs a threshold")
         return self
+
+
+class BeatsChampionGate(Gate):
+    """The candidate must beat the current champion by at least `margin` in `metric`'s better
+    direction, with both models scored on the same rows: the candidate's whole holdout, and
+    separately its last `recent_days` days (the most recent labelled window). Passes when there
+    is no champion."""
+
+    kind: Literal["beats_champion"]
+    metric: str
+    margin: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    recent_days: int = Field(default=7, ge=1, le=3650)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "tolerance" in data:
+            raise ValueError(
+                "'tolerance' was replaced by 'margin' (>= 0): how much better than the champion "
+                "the candidate must be"
+            )
+        return data
+
+
+class FairnessGate(Gate):
+    """Binary tasks: the evaluation report's worst group of `attribute` (one of
+    `evaluation.sensitive`) against the best group, for `measure` at the decision threshold:
+    its ratio must be >= `min_ratio` and/or its absolute difference <= `max_difference`."""
+
+    kind: Literal["fairness"]
+    attribute: str
+    measure: Literal["selection_rate", "tpr", "fpr"]
+    min_ratio: float | None = Field(default=None, gt=0, le=1)
+    max_difference: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> FairnessGate:
+        if self.min_ratio is None and self.max_difference is None:
+            raise ValueError(f"gate '{self.name}' needs min_ratio and/or max_difference")
+        return self
+
+
+class CalibrationGate(Gate):
+    """Binary tasks: the holdout's expected calibration error must be <= `max_ece`."""
+
+    kind: Literal["calibration"]
+    max_ece: float = Field(gt=0, le=1)
+
+
+class LatencyGate(Gate):
+    """Single-row predictions of the model file must take <= `p99_ms` at the 99th percentile,
+    timed on `rows` real holdout rows after `warmup` untimed ones."""
+
+    kind: Literal["latency"]
+    p99_ms: float = Field(gt=0, allow_inf_nan=False)
+    rows: int = Field(default=500, ge=10, le=100_000)
+    warmup: int = Field(default=50, ge=0, le=10_000)
+
+
+class ModelSizeGate(Gate):
+    """The model file (LightGBM text) must be <= `max_mb` megabytes (MB = 2**20 bytes)."""
+
+    kind: Literal["model_size"]
+    max_mb: float = Field(gt=0, allow_inf_nan=False)
+
+
+class DataGate(Gate):
+    """Checks on the rows the model was fit on (the training side of the split): at least
+    `min_rows`; for binary tasks a positive rate within [`min_positive_rate`,
+    `max_positive_rate`]; every model input missing (NaN) in at most `max_null_fraction` of
+    the rows."""
+
+    kind: Literal["data"]
+    min_rows: int | None = Field(default=None, ge=1)
+    min_positive_rate: float | None = Field(default=None, ge=0, le=1)
+    max_positive_rate: float | None = Field(default=None, ge=0, le=1)
+    max_null_fraction: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataGate:
+        checks = (
+            self.min_rows,
+            self.min_positive_rate,
+            self.max_positive_rate,
+            self.max_null_fraction,
+        )
+        if all(check is None for check in checks):
+            raise ValueError(
+                f"gate '{self.name}' needs at least one of min_rows, min_positive_rate, "
+                "max_positive_rate, max_null_fraction"
+            )
+        low, high = self.min_positive_rate, self.max_positive_rate
+        if low is not None and high is not None and low > high:
+            raise ValueError(
+                f"gate '{self.name}': min_positive_rate ({low}) is greater than "
+                f"max_positive_rate ({high})"
+            )
+        return self
+
+
+AnyGate = Annotated[
+    MetricGate
+    | BeatsChampionGate
+    | FairnessGate
+    | CalibrationGate
+    | LatencyGate
+    | ModelSizeGate
+    | DataGate,
+    Field(discriminator="kind"),
+]
+"""A gate of any kind, parsed by its `kind`."""
+
+BINARY_ONLY_GATES = frozenset({"fairness", "calibration"})
+"""Gate kinds defined for binary classification only (they judge decision rates and
+probabilities)."""
 
 
 Task = Literal["binary_classification", "regression", "multiclass_classification"]
@@ -515,7 +643,7 @@ class UseCaseSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     tuning: TuningSpec = TuningSpec()
-    gates: list[Gate] = Field(default_factory=list)
+    gates: list[AnyGate] = Field(default_factory=list)
     drift: DriftSpec = DriftSpec()
 
     @model_validator(mode="after")
@@ -551,10 +679,35 @@ class UseCaseSpec(_Strict):
         if self.labels.column not in self.labels.columns:
             raise ValueError(f"label column '{self.labels.column}' is not declared")
         self._check_references()
-        for gate in self.gates:
-            if gate.metric not in self.metrics:
-                raise ValueError(f"gate '{gate.name}' uses metric '{gate.metric}' not in 'metrics'")
+        self._check_gates()
         return self
+
+    def _check_gates(self) -> None:
+        names = [gate.name for gate in self.gates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"gate names must be unique, got {names}")
+        binary = self.task == "binary_classification"
+        for gate in self.gates:
+            metric = getattr(gate, "metric", None)
+            if metric is not None and metric not in self.metrics:
+                raise ValueError(f"gate '{gate.name}' uses metric '{metric}' not in 'metrics'")
+            if gate.kind in BINARY_ONLY_GATES and not binary:
+                raise ValueError(
+                    f"gate '{gate.name}' of kind '{gate.kind}' applies to "
+                    f"binary_classification only, not {self.task}"
+                )
+            if isinstance(gate, FairnessGate) and gate.attribute not in self.evaluation.sensitive:
+                raise ValueError(
+                    f"gate '{gate.name}': attribute '{gate.attribute}' is not in "
+                    f"evaluation.sensitive {self.evaluation.sensitive}"
+                )
+            if isinstance(gate, DataGate) and not binary:
+                rates = gate.min_positive_rate, gate.max_positive_rate
+                if any(rate is not None for rate in rates):
+                    raise ValueError(
+                        f"gate '{gate.name}': min/max_positive_rate apply to "
+                        f"binary_classification only, not {self.task}"
+                    )
 
     def _check_references(self) -> None:
         tables = {t.table: t for t in (self.events, self.labels)}

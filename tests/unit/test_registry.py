@@ -7,9 +7,10 @@ from sqlalchemy import select
 
 from loopline.lake.artifacts import ArtifactStore
 from loopline.registry import models as registry
+from loopline.registry.evidence import Evidence
 from loopline.registry.gates import evaluate_gates
 from loopline.settings import Settings
-from loopline.spec import Gate
+from loopline.spec import BeatsChampionGate, MetricGate
 from loopline.store import Store
 from loopline.store.tables import AliasEvent, Artifact, AuditEvent, Run
 
@@ -107,9 +108,9 @@ def test_alias_to_unknown_version_changes_nothing(store: Store, settings: Settin
 
 
 GATES = [
-    Gate(name="floor", kind="min", metric="auc", threshold=0.7),
-    Gate(name="ceiling", kind="max", metric="log_loss", threshold=0.5),
-    Gate(name="beat", kind="beats_champion", metric="auc", tolerance=0.01),
+    MetricGate(name="floor", kind="min", metric="auc", threshold=0.7),
+    MetricGate(name="ceiling", kind="max", metric="log_loss", threshold=0.5),
+    BeatsChampionGate(name="beat", kind="beats_champion", metric="auc", margin=0.01),
 ]
 
 
@@ -118,13 +119,20 @@ GATES = [
     [
         ({"auc": 0.8, "log_loss": 0.3}, None, [True, True, True]),
         ({"auc": 0.6, "log_loss": 0.3}, None, [False, True, True]),
-        ({"auc": 0.8, "log_loss": 0.9}, {"auc": 0.79}, [True, False, True]),
-        ({"auc": 0.8, "log_loss": 0.3}, {"auc": 0.805}, [True, True, True]),
-        ({"auc": 0.8, "log_loss": 0.3}, {"auc": 0.82}, [True, True, False]),
-        ({"log_loss": 0.3}, None, [False, True, False]),
+        ({"auc": 0.8, "log_loss": 0.9}, 0.78, [True, False, True]),
+        ({"auc": 0.8, "log_loss": 0.3}, 0.795, [True, True, False]),
+        ({"auc": 0.8, "log_loss": 0.3}, 0.82, [True, True, False]),
+        ({"log_loss": 0.3}, None, [False, True, True]),
+        ({"log_loss": 0.3}, 0.7, [False, True, False]),
     ],
 )
 def test_gate_verdicts(
-    metrics: dict[str, float], champion: dict[str, float] | None, expected: list[bool]
+    metrics: dict[str, float], champion: float | None, expected: list[bool]
 ) -> None:
-    assert [v.passed for v in evaluate_gates(GATES, metrics, champion)] == expected
+    if champion is None:
+        comparison: dict[str, object] = {"basis": "no_champion", "windows": []}
+    else:
+        window = {"window": "holdout", "candidate": metrics.get("auc"), "champion": champion}
+        comparison = {"basis": "rescored", "windows": [window]}
+    evidence = Evidence(metrics=metrics, comparisons={"beat": comparison})
+    assert [v.passed for v in evaluate_gates(GATES, evidence)] == expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ import polars as pl
 from sqlalchemy.orm import Session
 
 from loopline.lake import tables
+from loopline.registry import evidence as gate_evidence
 from loopline.registry import gates as gate_rules
 from loopline.registry import models as registry
 from loopline.settings import Settings
@@ -29,7 +31,7 @@ from loopline.tracking import RunHandle
 from loopline.training.model import TrainedModel
 from loopline.training.prepare import Prepared
 
-PROFILE_MAX_ROWS = 200_000
+PROFILE_MAX_ROWS = 50_000
 """Rows of the training side profiled as the drift reference (a seeded sample beyond that)."""
 
 
@@ -53,10 +55,17 @@ class TrainingInputs:
         }
 
 
-def _champion_metrics(ctx: Context) -> dict[str, float] | None:
-    with ctx.store.reader() as session:
-        target = registry.get_alias(session, ctx.spec.model_name, registry.CHAMPION)
-        return dict(target.model_version.metrics) if target else None
+def _gate_evidence(
+    ctx: Context, prepared: Prepared, model: TrainedModel, metrics: Mapping[str, float]
+) -> gate_evidence.Evidence:
+    """What the spec's gates judge: the champion rescored on this holdout, latency, size, data."""
+    gates = ctx.spec.gates
+    champion = None
+    if any(gate.kind == "beats_champion" for gate in gates):
+        champion = gate_evidence.load_champion(ctx.store, ctx.artifacts, ctx.spec.model_name)
+    return gate_evidence.collect_evidence(
+        gates, spec=ctx.spec, prepared=prepared, model=model, metrics=metrics, champion=champion
+    )
 
 
 def _version_of(ctx: Context, dataset: str, table_version: int | None) -> DatasetVersion:
@@ -124,24 +133,29 @@ def build_inputs(
     return TrainingInputs(events_dv, labels_dv, feature_dvs, pit.frame, lineage)
 
 
-def _profile_reference(
-    run: RunHandle, prepared: Prepared, model: TrainedModel, spec: UseCaseSpec
-) -> str:
+def _reference_sample(prepared: Prepared, spec: UseCaseSpec) -> tuple[pl.DataFrame, Any]:
+    """The training rows profiled as the drift reference: model inputs of a seeded sample
+    (at most PROFILE_MAX_ROWS; quantile sketches need no more), and their matrix rows."""
     from loopline.features import transform
-    from loopline.monitoring.profiles import profile_frame, serialize
 
-    train = prepared.train
-    predictions = model.predict(prepared.x_train)
+    rows = prepared.train.height
+    if rows > PROFILE_MAX_ROWS:
+        picked = np.sort(
+            np.random.default_rng(spec.training.seed).choice(rows, PROFILE_MAX_ROWS, replace=False)
+        )
+    else:
+        picked = np.arange(rows)
+    inputs = transform.model_inputs(prepared.train[picked], spec)
+    return inputs, prepared.x_train[picked]
+
+
+def _prediction_profile(model: TrainedModel, x_sample: Any) -> Any:
+    from loopline.monitoring.profiles import profile_frame
+
+    predictions = model.predict(x_sample)
     if predictions.ndim == 2:  # multiclass: the predicted class drifts, not a probability
         predictions = predictions.argmax(axis=1).astype(np.float64)
-    reference = transform.model_inputs(train, spec).with_columns(
-        prediction=pl.Series(predictions)
-    )
-    if reference.height > PROFILE_MAX_ROWS:
-        reference = reference.sample(PROFILE_MAX_ROWS, seed=spec.training.seed)
-    return run.log_artifact_bytes(
-        "reference_profile", serialize(profile_frame(reference)), media_type="application/x-whylogs"
-    )
+    return profile_frame(pl.DataFrame({"prediction": predictions}))
 
 
 def _json_artifact(run: RunHandle, name: str, value: Any) -> str:
@@ -263,6 +277,7 @@ def run_train(
         overrides: LightGBM params replacing the spec's (e.g. a study's best trial).
         parent_run_id: The enclosing run (a tuning study), if any.
     """
+    from loopline.monitoring.profiles import profile_frame, serialize
     from loopline.training.prepare import prepare
 
     ctx = open_context(settings, spec)
@@ -272,27 +287,41 @@ def run_train(
         **inputs.params(spec),
         "overrides": dict(overrides or {}),
     }
-    with ctx.run(
-        "train", flow_run_id=flow_run_id, params=params, parent_run_id=parent_run_id
-    ) as run:
+    tracked = ctx.run("train", flow_run_id=flow_run_id, params=params, parent_run_id=parent_run_id)
+    with (
+        tracked as run,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="train-record") as background,
+    ):
         _json_artifact(run, "spec", spec.model_dump(mode="json"))
-        # The snapshot is content-addressed: its artifact id is the sha256 of its Parquet bytes.
-        snapshot_id = run.log_artifact_bytes(
-            "training_set", parquet_bytes(inputs.training_set), media_type="application/parquet"
-        )
-        lineage = inputs.lineage
-        lineage["training_set"]["artifact_id"] = snapshot_id
-        run.set_summary(lineage=lineage)
         try:
             prepared = prepare(inputs.training_set, spec)
         except ValueError as exc:
             raise StageError(str(exc)) from exc
+        # Bookkeeping that does not need the model runs on another core while LightGBM (one
+        # thread, GIL released) trains: the training-set snapshot (content-addressed: its id is
+        # the sha256 of its Parquet bytes) and the profile of the reference inputs.
+        snapshot = background.submit(
+            run.log_artifact_bytes,
+            "training_set",
+            parquet_bytes(inputs.training_set),
+            media_type="application/parquet",
+        )
+        sample, x_sample = _reference_sample(prepared, spec)
+        inputs_profile = background.submit(profile_frame, sample)
         model, metrics, summary = fit_and_record(run, prepared, spec, overrides=overrides)
-        profile_id = _profile_reference(run, prepared, model, spec)
+        lineage = inputs.lineage
+        lineage["training_set"]["artifact_id"] = snapshot.result()
+        run.set_summary(lineage=lineage)
+        reference = inputs_profile.result().merge(_prediction_profile(model, x_sample))
+        profile_id = run.log_artifact_bytes(
+            "reference_profile", serialize(reference), media_type="application/x-whylogs"
+        )
         model_id = run.log_artifact_bytes(
             "model", model.to_bytes(), media_type="text/x-lightgbm-model"
         )
-        verdicts = gate_rules.evaluate_gates(spec.gates, metrics, _champion_metrics(ctx))
+        evidence = _gate_evidence(ctx, prepared, model, metrics)
+        verdicts = gate_rules.evaluate_gates(spec.gates, evidence)
+        _json_artifact(run, "gate_evidence", evidence.as_dict())
         datasets = {"events": inputs.events.id, "labels": inputs.labels.id}
         datasets |= {f"feature:{name}": dv.id for name, dv in inputs.features.items()}
         registered: dict[str, int] = {}

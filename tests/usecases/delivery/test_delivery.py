@@ -53,7 +53,9 @@ def test_spec_loads_by_path_as_a_regression_use_case(delivery_spec: UseCaseSpec)
     spec = delivery_spec
     assert (spec.name, spec.task, spec.primary_metric) == ("delivery", "regression", "rmse")
     assert spec.metrics == ["rmse", "mae", "r2"]
-    assert {g.kind for g in spec.gates} == {"max", "min", "beats_champion"}
+    assert {g.kind for g in spec.gates} == {
+        "max", "min", "beats_champion", "latency", "model_size", "data",
+    }  # fmt: skip
     assert spec.entity_keys == ["courier_id", "restaurant_id"]
     assert [t.builder.split(":")[0] for t in spec.features.tables] == [
         "usecases.delivery.builders"
