@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loopline.cli_features import features_app
+from loopline.cli_models import models_app
 from loopline.cli_runs import runs_app
 
 app = typer.Typer(
@@ -28,12 +29,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-models_app = typer.Typer(help="Inspect and move model versions.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
 
 console = Console()
-UseCase = Annotated[str, typer.Option("--use-case", "-u", help="Use case name or spec path.")]
+UseCase = Annotated[
+    str,
+    typer.Option(
+        "--use-case", "-u", envvar="LOOPLINE_USE_CASE", help="Use case name or spec path."
+    ),
+]
 
 
 def _fail(message: str) -> NoReturn:
@@ -218,6 +223,66 @@ def train(use_case: UseCase = "fraud") -> None:
     from loopline.stages import run_train
 
     _stage(run_train, use_case)
+
+
+@app.command()
+def tune(
+    trials: Annotated[
+        int | None, typer.Option("--trials", help="Trials in total (default: the spec's).")
+    ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option("--minutes", help="Start no trial after this many minutes (default: spec)."),
+    ] = None,
+    parallelism: Annotated[
+        int | None, typer.Option(help="Trials at once, one thread each (default: the spec's).")
+    ] = None,
+    use_case: UseCase = "fraud",
+) -> None:
+    """Tune LightGBM params with Optuna (TPE, pruning) within a budget, then train the final
+    model with the best ones. Every trial is a run under the study's run."""
+    import optuna
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from loopline.stages.tune import run_tune
+
+    settings, spec = _context(use_case)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is a run: no log lines
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with (
+        _user_errors(),
+        Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar,
+    ):
+        task = bar.add_task("trials", total=None)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            label = "trials" if phase == "trials" else "final model"
+            bar.update(task, description=label, completed=done, total=total)
+
+        summary = run_tune(
+            settings, spec, n_trials=trials, timeout_minutes=minutes, parallelism=parallelism,
+            progress=progress,
+        )  # fmt: skip
+    _print(summary)
+
+
+@app.command()
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="The train run to reproduce.")],
+) -> None:
+    """Retrain a past train run from its record and check the model file's hash is the same.
+
+    Exits 0 when the hashes match, 1 when they differ (with what differs: data, code, lock,
+    packages).
+    """
+    from loopline.settings import Settings
+    from loopline.stages.reproduce import run_reproduce
+
+    with _user_errors():
+        result = run_reproduce(Settings(), run_id)
+    _print(result)
+    if not result["reproduced"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -421,48 +486,6 @@ def replay(
     _print(report.as_dict())
     if report.ok == 0:
         _fail(f"no request succeeded against {base}: {report.errors[:1]}")
-
-
-@models_app.command("list")
-def models_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """List model versions with their metrics, gates and aliases."""
-    from loopline.inspect import list_model_versions
-    from loopline.settings import Settings
-    from loopline.store import Store
-
-    rows = list_model_versions(Store.open(Settings()))
-    if as_json:
-        _print({"model_versions": rows})
-        return
-    table = Table("model", "version", "aliases", "metrics", "gates", "run", "created")
-    for row in rows:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(row["metrics"].items()))
-        gates = "passed" if row["gates_passed"] else "failed"
-        table.add_row(
-            row["model_name"], str(row["version"]), ",".join(row["aliases"]) or "-", metrics,
-            gates, row["run_id"][:8], row["created_at"][:19],
-        )  # fmt: skip
-    console.print(table)
-
-
-@models_app.command("rollback")
-def models_rollback(
-    reason: Annotated[str, typer.Option(help="Why (audit trail).")] = "",
-    actor: Annotated[str, typer.Option(help="Who (audit trail).")] = "cli",
-    use_case: UseCase = "fraud",
-) -> None:
-    """Move the champion back to the version it pointed at before."""
-    from loopline.registry.models import CHAMPION, rollback_alias
-    from loopline.store import Store
-
-    settings, spec = _context(use_case)
-    with _user_errors(), Store.open(settings).session() as session:
-        event = rollback_alias(
-            session, model_name=spec.model_name, alias=CHAMPION, actor=actor, reason=reason
-        )
-        console.print(f"champion rolled back (revision {event.revision})")
 
 
 def quiet_libraries() -> None:

@@ -3,9 +3,11 @@
 `ModelCache.current()` never touches the database: it returns the snapshot loaded last. A
 refresher (the API runs one every `refresh_s` seconds) calls `refresh()`, which reads the alias
 row by primary key (one cheap query) and only when the alias revision moved loads the new
-booster from the artifact store. The new snapshot replaces the old one with a single reference
-assignment, so a request in flight finishes on the model it started with and no request ever
-sees a half-loaded model. A failed load keeps the old model serving and records the error.
+booster through the registry's verified path (`registry.package.load_version`: package hash,
+size and tree limits, signature against the registry; a refusal is audited). The new snapshot
+replaces the old one with a single reference assignment, so a request in flight finishes on
+the model it started with and no request ever sees a half-loaded model. A failed load keeps
+the old model serving and records the error.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import lightgbm as lgb
 
 from loopline.lake.artifacts import ArtifactStore
 from loopline.registry.models import CHAMPION, get_alias
+from loopline.registry.package import load_version
 from loopline.store import Store
 from loopline.store.tables import utcnow
 
@@ -43,6 +46,7 @@ class LoadedModel:
     artifact_id: str
     booster: lgb.Booster
     loaded_at: datetime
+    package_id: str | None = None
 
 
 def load_booster(model_text: bytes, inputs: tuple[str, ...]) -> lgb.Booster:
@@ -121,6 +125,7 @@ class ModelCache:
                     mv.artifact_id,
                     mv.feature_service,
                     tuple(mv.feature_names.get("inputs", [])),
+                    mv,
                 )
         self.checked_at = utcnow()
         if found is None:
@@ -130,7 +135,7 @@ class ModelCache:
             self._current = None
             self.last_error = None
             return
-        version_id, revision, version, artifact_id, feature_service, inputs = found
+        version_id, revision, version, artifact_id, feature_service, inputs, row = found
         current = self._current
         if (
             current is not None
@@ -141,7 +146,8 @@ class ModelCache:
         if current is not None and current.version_id == version_id:
             booster = current.booster  # the alias moved but came back to the loaded version
         else:
-            booster = load_booster(self._artifacts.get_bytes(artifact_id), inputs)
+            # Detached row: its columns were loaded in the session above.
+            booster = load_version(self._store, self._artifacts, row, actor="serving").booster
         self._current = LoadedModel(
             model_name=self.model_name,
             alias=self.alias,
@@ -153,6 +159,7 @@ class ModelCache:
             artifact_id=artifact_id,
             booster=booster,
             loaded_at=utcnow(),
+            package_id=row.package_id,
         )
         self.last_error = None
         log.info(

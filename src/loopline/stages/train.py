@@ -278,6 +278,7 @@ def run_train(
         parent_run_id: The enclosing run (a tuning study), if any.
     """
     from loopline.monitoring.profiles import profile_frame, serialize
+    from loopline.registry.package import PACKAGE_MEDIA_TYPE, package_model
     from loopline.training.prepare import prepare
 
     ctx = open_context(settings, spec)
@@ -324,6 +325,25 @@ def run_train(
         _json_artifact(run, "gate_evidence", evidence.as_dict())
         datasets = {"events": inputs.events.id, "labels": inputs.labels.id}
         datasets |= {f"feature:{name}": dv.id for name, dv in inputs.features.items()}
+        # The version's verifiable package: model text, signature, metadata, one sha256.
+        package = package_model(
+            model.to_bytes(),
+            feature_names=prepared.feature_names,
+            feature_types=[
+                "categorical" if name in spec.features.categorical else "float64"
+                for name in prepared.feature_names
+            ],
+            feature_service=spec.features.service,
+            metadata={
+                "run_id": run.run_id,
+                "use_case": spec.name,
+                "task": spec.task,
+                "metrics": metrics,
+                "datasets": datasets,
+                "lineage": lineage,
+            },
+        )
+        package_id = run.log_artifact_bytes("model_package", package, media_type=PACKAGE_MEDIA_TYPE)
         registered: dict[str, int] = {}
 
         def register(session: Session) -> None:
@@ -335,6 +355,7 @@ def run_train(
                 use_case=spec.name,
                 run_id=run.run_id,
                 artifact_id=model_id,
+                package_id=package_id,
                 feature_service=spec.features.service,
                 feature_names=prepared.feature_names,
                 metrics=metrics,

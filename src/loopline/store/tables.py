@@ -263,8 +263,20 @@ class DataBatch(Base):
     )
 
 
+def _model_name_key(context: Any) -> str:
+    # Imported late: the registry's name rules sit above the store in the package layering.
+    from loopline.registry.names import model_name_key
+
+    return model_name_key(context.get_current_parameters()["name"])
+
+
 class Model(Base):
-    """A registered model name (one per use case by default)."""
+    """A registered model name (one per use case by default).
+
+    `name_key` (migration 0004) is the normalised name (casefolded, NFKC, URL-decoded) and is
+    unique, so two spellings of one name cannot coexist. `last_version` is the version counter:
+    a registration increments it in its own transaction, which makes numbers gap-free.
+    """
 
     __tablename__ = "models"
 
@@ -272,6 +284,11 @@ class Model(Base):
     use_case: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Added by migration 0004 (registry core).
+    name_key: Mapped[str] = mapped_column(String(100), default=_model_name_key)
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    __table_args__ = (Index("uq_models_name_key", "name_key", unique=True),)
 
 
 class ModelVersion(Base):
@@ -290,6 +307,8 @@ class ModelVersion(Base):
     reference_profile_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id"))
     status: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Added by migration 0004: the verified model package (model text, signature, metadata).
+    package_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id"))
 
     __table_args__ = (
         UniqueConstraint("model_name", "version", name="uq_model_versions_name_version"),
