@@ -230,4 +230,3 @@ def train_booster(
     }
     best = booster.best_iteration or booster.current_iteration()
     return TrainedModel(booster, feature_names, best, task, curves, params)
-
