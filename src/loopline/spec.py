@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
@@ -627,6 +628,66 @@ class DriftSpec(_Strict):
     min_rows: int = Field(default=200, gt=0)
 
 
+class PromotionSpec(_Strict):
+    """Promotion policy: who may override failed gates, and whether `champion` needs two people.
+
+    Roles are normalised (NFKC, trimmed, casefolded), so `Model-Risk` and `model-risk` are one
+    role. An override of failed gates needs a reason and one of `approver_roles`; none listed
+    means no one may override. With `two_person_rule`, `champion` moves only when someone asks
+    (a request, with a reason) and a different person with an approver role approves it;
+    unanswered requests expire after `request_ttl`.
+    """
+
+    approver_roles: list[str] = Field(
+        default_factory=list, description="Roles that may approve overrides and requests."
+    )
+    two_person_rule: bool = Field(
+        default=False, description="`champion` moves only by request + someone else's approval."
+    )
+    request_ttl: Duration = Field(
+        default=timedelta(days=7), description="How long a promotion request stays open."
+    )
+
+    @staticmethod
+    def normalise_role(raw: object) -> str:
+        """The one spelling of a role name (`' Model-Risk '` -> `'model-risk'`).
+
+        Raises:
+            ValueError: not a string, empty, longer than 64, or outside `[a-z][a-z0-9._-]*`.
+        """
+        if not isinstance(raw, str):
+            raise ValueError(f"role must be a string, got {type(raw).__name__}")
+        role = unicodedata.normalize("NFKC", raw).strip().casefold()
+        if not re.fullmatch(r"[a-z][a-z0-9._-]{0,63}", role):
+            raise ValueError(
+                f"role {raw!r}: use up to 64 letters, digits, '.', '_' and '-', "
+                "starting with a letter"
+            )
+        return role
+
+    @field_validator("approver_roles", mode="before")
+    @classmethod
+    def _roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError("approver_roles must be a list of role names, e.g. [model-risk]")
+        if not isinstance(value, list | tuple):
+            return value
+        roles: list[str] = []
+        for raw in value:
+            role = cls.normalise_role(raw)
+            if role not in roles:
+                roles.append(role)
+        return roles
+
+    @model_validator(mode="after")
+    def _check(self) -> PromotionSpec:
+        if self.two_person_rule and not self.approver_roles:
+            raise ValueError("two_person_rule needs at least one of approver_roles to approve")
+        if not timedelta(minutes=1) <= self.request_ttl <= timedelta(days=365):
+            raise ValueError("request_ttl must be between 1m and 365d")
+        return self
+
+
 class UseCaseSpec(_Strict):
     """A whole use case."""
 
@@ -645,6 +706,7 @@ class UseCaseSpec(_Strict):
     tuning: TuningSpec = TuningSpec()
     gates: list[AnyGate] = Field(default_factory=list)
     drift: DriftSpec = DriftSpec()
+    promotion: PromotionSpec = PromotionSpec()
 
     @model_validator(mode="after")
     def _check(self) -> UseCaseSpec:

@@ -34,6 +34,7 @@ from loopline.registry.evidence import (
 )
 from loopline.registry.gates import MB, evaluate_gates, record_gate_results
 from loopline.registry.package import build_package, register_package
+from loopline.registry.policy import PolicyError
 from loopline.settings import Settings
 from loopline.spec import (
     USECASES_DIR,
@@ -592,5 +593,9 @@ def test_failed_gates_are_recorded_with_evidence_and_block_promotion(
 
     refused = run_promote(settings, FRAUD, model_version=1)
     assert refused["promoted"] is False and refused["failed_gates"] == ["lat"]
-    forced = run_promote(settings, FRAUD, model_version=1, force=True)
-    assert forced["promoted"] is True
+    with pytest.raises(PolicyError, match="needs a reason"):
+        run_promote(settings, FRAUD, model_version=1, force=True)
+    forced = run_promote(
+        settings, FRAUD, model_version=1, override=True, reason="latency waived", role="model-risk"
+    )
+    assert forced["promoted"] is True and forced["override"] is True

@@ -16,7 +16,7 @@ the audit log too. An archived version cannot take an alias.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -395,8 +395,13 @@ def set_alias(
     actor: str,
     reason: str = "",
     action: str = "promote",
+    detail: Mapping[str, Any] | None = None,
 ) -> AliasEvent:
     """Point `alias` at `version` if it is still at `expected_revision` (None: not set yet).
+
+    Args:
+        detail: more to record in the audit event (e.g. the gate evidence and an override);
+            it cannot replace the move's own fields (from, to, revisions, reason).
 
     Raises:
         RegistryError: the model or version does not exist.
@@ -469,6 +474,7 @@ def set_alias(
         subject_type="alias",
         subject_id=f"{model_name}@{alias}",
         detail={
+            **(detail or {}),
             "from_version": from_version,
             "to_version": version,
             "expected_revision": expected_revision,
@@ -481,9 +487,18 @@ def set_alias(
 
 
 def rollback_alias(
-    session: Session, *, model_name: str, alias: str, actor: str, reason: str = ""
+    session: Session,
+    *,
+    model_name: str,
+    alias: str,
+    actor: str,
+    reason: str = "",
+    detail: Mapping[str, Any] | None = None,
 ) -> AliasEvent:
     """Move `alias` back to the version it pointed at before its last move.
+
+    Args:
+        detail: more to record in the audit event (see `set_alias`).
 
     Raises:
         RegistryError: the alias is not set or has no earlier version to return to.
@@ -512,6 +527,7 @@ def rollback_alias(
         actor=actor,
         reason=reason,
         action="rollback",
+        detail=detail,
     )
 
 
@@ -541,6 +557,27 @@ def _subject(session: Session, model_name: str, alias: str) -> str:
     return f"{name}@{alias}"[:200]
 
 
+MoveGuard = Callable[[Session, ModelVersion], Mapping[str, Any] | None]
+"""A check run inside a move's transaction on the locked target version (see `move_alias`)."""
+AfterMove = Callable[[Session, "AliasMove"], None]
+"""Bookkeeping run inside a move's transaction once the alias moved (see `move_alias`)."""
+
+
+def _version_label(version: int | None) -> str:
+    return "unset" if version is None else f"version {version}"
+
+
+def _check_expected_version(session: Session, model_name: str, alias: str, expected: int) -> None:
+    found = get_alias(session, model_name, alias)
+    now = None if found is None else found.model_version.version
+    wanted = expected or None
+    if now != wanted:
+        raise AliasConflict(
+            f"alias '{normalise_alias(alias)}' of '{model_name}' is {_version_label(now)}, "
+            f"expected {_version_label(wanted)}"
+        )
+
+
 def move_alias(
     store: Store,
     *,
@@ -551,25 +588,39 @@ def move_alias(
     actor: str,
     reason: str = "",
     rollback: bool = False,
+    expect_version: int | None = None,
+    detail: Mapping[str, Any] | None = None,
+    guard: MoveGuard | None = None,
+    after: AfterMove | None = None,
 ) -> AliasMove:
     """Move an alias in its own transaction; a lost race or a refusal is audited too.
 
     Every attempt leaves one audit event: `alias.promote`/`alias.rollback` when it committed,
     `alias.conflict` when the compare-and-swap lost, `alias.refused` for any other refusal
-    (unknown or archived version, bad name).
+    (unknown or archived version, bad name, a guard's refusal).
 
     Args:
         version: the target version (ignored when `rollback`).
         expected_revision: the alias revision the caller read (None: expected unset); with
             `rollback`, None means "whatever it is now".
         rollback: return the alias to its previous version instead.
+        expect_version: the version the caller believes holds the alias now (0: unset); a
+            different holder is a conflict. None: no such expectation.
+        detail: more to record in the audit event, whatever the outcome.
+        guard: called in the transaction with the locked target version before a move (not a
+            rollback); it refuses by raising `RegistryError` (an `error.detail` mapping is
+            audited too) and returns more audit detail.
+        after: called in the transaction after the move; raising rolls the move back.
 
     Raises:
-        AliasConflict: the alias moved since `expected_revision`.
+        AliasConflict: the alias moved since `expected_revision` (or is not `expect_version`).
         RegistryError: the move was refused.
     """
+    extra: dict[str, Any] = dict(detail or {})
     try:
         with store.session() as session:
+            if expect_version is not None:
+                _check_expected_version(session, model_name, alias, expect_version)
             if rollback:
                 if expected_revision is not None:
                     found = get_alias(session, model_name, alias)
@@ -579,11 +630,19 @@ def move_alias(
                             f"{expected_revision}"
                         )
                 event = rollback_alias(
-                    session, model_name=model_name, alias=alias, actor=actor, reason=reason
+                    session,
+                    model_name=model_name,
+                    alias=alias,
+                    actor=actor,
+                    reason=reason,
+                    detail=extra,
                 )
             else:
                 if version is None:
                     raise RegistryError("a version to move the alias to is required")
+                if guard is not None:
+                    target = get_version(session, model_name, version, lock=True)
+                    extra |= dict(guard(session, target) or {})
                 event = set_alias(
                     session,
                     model_name=model_name,
@@ -592,13 +651,14 @@ def move_alias(
                     expected_revision=expected_revision,
                     actor=actor,
                     reason=reason,
+                    detail=extra,
                 )
             from_version = (
                 None
                 if event.from_version_id is None
                 else session.get_one(ModelVersion, event.from_version_id).version
             )
-            return AliasMove(
+            move = AliasMove(
                 model_name=event.model_name,
                 alias=event.alias,
                 from_version=from_version,
@@ -606,6 +666,9 @@ def move_alias(
                 revision=event.revision,
                 action=event.action,
             )
+            if after is not None:
+                after(session, move)
+            return move
     except RegistryError as exc:
         with store.session() as session:
             audit(
@@ -615,9 +678,12 @@ def move_alias(
                 subject_type="alias",
                 subject_id=_subject(session, model_name, alias),
                 detail={
+                    **extra,
+                    **dict(getattr(exc, "detail", None) or {}),
                     "to_version": None if rollback else version,
                     "rollback": rollback,
                     "expected_revision": expected_revision,
+                    "expect_version": expect_version,
                     "reason": reason,
                     "error": str(exc),
                 },

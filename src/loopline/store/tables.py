@@ -403,6 +403,42 @@ class AuditEvent(Base):
     )
 
 
+class PromotionRequest(Base):
+    """A request to move an alias under the two-person rule, and its decision (migration 0005).
+
+    `expected_revision` is the alias revision when the request was made (None: unset): the
+    approval is a compare-and-swap against it, so a request made stale by another move cannot
+    be approved. `status`: pending, approved, rejected, stale, expired. `gates` is the gate
+    snapshot the requester saw.
+    """
+
+    __tablename__ = "promotion_requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    model_name: Mapped[str] = mapped_column(ForeignKey("models.name"))
+    alias: Mapped[str] = mapped_column(String(64))
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
+    from_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    expected_revision: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    override: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str] = mapped_column(String(200))
+    requester_role: Mapped[str | None] = mapped_column(String(64))
+    gates: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decider_role: Mapped[str | None] = mapped_column(String(64))
+    decision_note: Mapped[str] = mapped_column(Text, default="")
+    decided_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_promotion_requests_model_alias_status", "model_name", "alias", "status"),
+        Index("ix_promotion_requests_created", "created_at"),
+    )
+
+
 class DriftResult(Base):
     """Drift of one feature (or the prediction) in one window against a model's reference."""
 
