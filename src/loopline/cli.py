@@ -267,6 +267,20 @@ def tune(
 
 
 @app.command()
+def evaluate(
+    ref: Annotated[
+        str, typer.Argument(help="Version number, alias or 'latest' (default champion).")
+    ] = "champion",
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Window of newest labels.")] = 7,
+    use_case: UseCase = "fraud",
+) -> None:
+    """Evaluate a registered version on the newest settled labels (metrics, slices, fairness)."""
+    from loopline.stages.evaluate import run_evaluate
+
+    _stage(run_evaluate, use_case, ref=ref, days=days)
+
+
+@app.command()
 def reproduce(
     run_id: Annotated[str, typer.Argument(help="The train run to reproduce.")],
 ) -> None:
@@ -288,14 +302,41 @@ def reproduce(
 @app.command()
 def promote(
     version: Annotated[int | None, typer.Option(min=1, help="Version (default newest).")] = None,
-    force: Annotated[bool, typer.Option(help="Promote even if gates failed.")] = False,
-    actor: Annotated[str, typer.Option(help="Who promotes (audit trail).")] = "cli",
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    override: Annotated[
+        bool, typer.Option(help="Promote although gates failed (needs --reason and --role).")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why (audit trail; required to override).")] = "",
+    actor: Annotated[
+        str | None,
+        typer.Option(envvar="LOOPLINE_ACTOR", help="Who promotes (default: the OS user)."),
+    ] = None,
+    role: Annotated[
+        str | None, typer.Option(envvar="LOOPLINE_ROLE", help="Your role (overrides need one).")
+    ] = None,
+    expect_version: Annotated[
+        int | None,
+        typer.Option(min=0, help="Refuse unless the alias is at this version now (0: unset)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(hidden=True, help="Old name of --override.")] = False,
     use_case: UseCase = "fraud",
 ) -> None:
-    """Make a model version the champion if its gates passed."""
+    """Make a model version the champion if its gates passed (or by an approved override).
+
+    Prints the summary; exits 1 when the gates blocked it, 2 on bad input or a refusal. Under
+    the two-person rule it files a request instead (see `loopline models approve`).
+    """
     from loopline.stages import run_promote
 
-    _stage(run_promote, use_case, model_version=version, actor=actor, force=force)
+    settings, spec = _context(use_case)
+    with _user_errors():
+        summary = run_promote(
+            settings, spec, model_version=version, alias=alias, override=override or force,
+            reason=reason, actor=actor, role=role, expect_version=expect_version,
+        )  # fmt: skip
+    _print(summary)
+    if summary.get("blocked"):
+        raise typer.Exit(1)
 
 
 @app.command()

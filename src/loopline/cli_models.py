@@ -1,15 +1,24 @@
-"""`loopline models`: list, show, history, rollback, archive and export model versions.
+"""`loopline models`: list, show, promote, rollback, history, archive and export versions.
 
     loopline models list
     loopline models show fraud-detector@champion
-    loopline models history fraud-detector --at 2026-03-03T14:00:00Z
+    loopline models promote fraud-detector@3 --expect-version 2
+    loopline models promote fraud-detector@3 --override --reason "..." --role model-risk
+    loopline models request fraud-detector@3 --reason "beats v2 on the last week"
+    loopline models requests --status pending
+    loopline models approve 5f0c2a --role model-risk
+    loopline models reject 5f0c2a --reason "wait for the holiday data" --role model-risk
     loopline models rollback --reason "precision dropped"
+    loopline models history fraud-detector --at 2026-03-03T14:00:00Z
     loopline models archive fraud-detector@3
     loopline models export fraud-detector@champion --format onnx --out model.onnx
 
-A model version is named `NAME@VERSION`, `NAME@ALIAS` or `NAME@latest`. Bad input (unknown
-model, version or alias, malformed reference or time, a refused package, a lost race) prints
-one line naming the problem and exits with code 2; nothing is written.
+A model version is named `NAME@VERSION`, `NAME@ALIAS` or `NAME@latest`. Who acts is `--actor`
+(or LOOPLINE_ACTOR; default: the OS user), in `--role` (or LOOPLINE_ROLE); the use case's
+`promotion:` policy decides what they may do. Bad input and refusals (unknown model, version
+or alias, malformed reference or time, failed gates, a missing approver role, a refused
+package, a lost race) print one line naming the problem and exit with code 2; nothing is
+written but the audit event of a refused attempt.
 """
 
 from __future__ import annotations
@@ -39,6 +48,30 @@ Name = Annotated[
     typer.Argument(help="Model name (default: the use case's model).", show_default=False),
 ]
 Ref = Annotated[str, typer.Argument(help="NAME@VERSION, NAME@ALIAS or NAME@latest.")]
+Who = Annotated[
+    str | None,
+    typer.Option(envvar="LOOPLINE_ACTOR", help="Who (audit trail; default: the OS user)."),
+]
+Role = Annotated[
+    str | None,
+    typer.Option(envvar="LOOPLINE_ROLE", help="Your role (overrides and approvals need one)."),
+]
+ExpectVersion = Annotated[
+    int | None,
+    typer.Option(
+        min=0, help="Refuse unless the alias is at this version now (0: unset); default: as read."
+    ),
+]
+PolicyUseCase = Annotated[
+    str,
+    typer.Option(
+        "--use-case",
+        "-u",
+        envvar="LOOPLINE_USE_CASE",
+        help="Use case whose promotion policy applies.",
+    ),
+]
+RequestId = Annotated[str, typer.Argument(help="Request id (or its first 6+ characters).")]
 
 
 def _fail(message: str) -> NoReturn:
@@ -259,28 +292,213 @@ def models_rollback(
     name: Name = None,
     alias: Annotated[str, typer.Option(help="Alias to move back.")] = "champion",
     reason: Reason = "",
-    actor: Actor = "cli",
+    actor: Who = None,
+    role: Role = None,
+    expect_version: ExpectVersion = None,
+    as_json: AsJson = False,
     use_case: UseCase = "fraud",
 ) -> None:
     """Move an alias (the champion by default) back to the version it pointed at before."""
-    from loopline.registry.models import move_alias
+    from loopline.registry.policy import rollback
 
     model_name = _model_name(name, use_case)
     with _user_errors():
-        move = move_alias(
-            _store(_settings()),
-            model_name=model_name,
-            alias=alias,
-            version=None,
-            expected_revision=None,
-            actor=actor,
-            reason=reason,
-            rollback=True,
-        )
+        change = rollback(
+            _store(_settings()), model_name=model_name, alias=alias, actor=actor, role=role,
+            reason=reason, expect_version=expect_version,
+        )  # fmt: skip
+    if as_json:
+        _print_json(change.as_dict())
+        return
+    move = change.move
     console.print(
         f"{move.alias} of {move.model_name} rolled back from version {move.from_version} "
         f"to {move.to_version} (revision {move.revision})"
     )
+
+
+def _spec_for(model_name: str, use_case: str) -> Any:
+    """The use case whose policy governs `model_name`: it must be that use case's model."""
+    from loopline.registry.names import normalise_model_name
+    from loopline.spec import load_spec
+
+    with _user_errors():
+        spec = load_spec(use_case)
+        if normalise_model_name(model_name)[1] != normalise_model_name(spec.model_name)[1]:
+            _fail(
+                f"model '{model_name}' is not the model of use case '{spec.name}' "
+                f"('{spec.model_name}'): pass the right --use-case"
+            )
+    return spec
+
+
+def _target(ref: str) -> tuple[str, int]:
+    """Model name and version number of a NAME@VERSION|ALIAS|latest reference."""
+    from loopline.registry.models import resolve_ref
+
+    with _user_errors(), _store(_settings()).reader() as session:
+        version = resolve_ref(session, ref)
+        return version.model_name, version.version
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION (or NAME@ALIAS, NAME@latest).")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    override: Annotated[
+        bool, typer.Option(help="Promote although gates failed (needs --reason and --role).")
+    ] = False,
+    reason: Reason = "",
+    actor: Who = None,
+    role: Role = None,
+    expect_version: ExpectVersion = None,
+    as_json: AsJson = False,
+    use_case: PolicyUseCase = "fraud",
+) -> None:
+    """Point an alias (champion) at a version whose gates passed, or by an approved override.
+
+    A compare-and-swap on the alias: if it moves meanwhile (or is not --expect-version), this is
+    a conflict. Under the two-person rule, champion is requested instead (`models request`).
+    """
+    from loopline.registry.policy import promote
+
+    model_name, version = _target(ref)
+    spec = _spec_for(model_name, use_case)
+    with _user_errors():
+        change = promote(
+            _store(_settings()), spec.promotion, model_name=model_name, version=version,
+            alias=alias, actor=actor, role=role, override=override, reason=reason,
+            expect_version=expect_version, use_case=spec.name,
+        )  # fmt: skip
+    if as_json:
+        _print_json(change.as_dict())
+        return
+    move = change.move
+    how = f" by override of {', '.join(change.failed_gates) or 'gates'}" if change.override else ""
+    console.print(
+        f"{move.alias} of {move.model_name}: version {move.from_version or '-'} -> "
+        f"{move.to_version} (revision {move.revision}){how}"
+    )
+
+
+@models_app.command("request")
+def models_request(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION (or NAME@ALIAS, NAME@latest).")],
+    reason: Annotated[str, typer.Option(help="Why this version should be champion.")] = "",
+    override: Annotated[
+        bool, typer.Option(help="Its gates failed: ask the approver to override them.")
+    ] = False,
+    actor: Who = None,
+    role: Role = None,
+    as_json: AsJson = False,
+    use_case: PolicyUseCase = "fraud",
+) -> None:
+    """Request that a version become champion; another approver approves it (two-person rule)."""
+    from loopline.registry.policy import request_promotion
+
+    model_name, version = _target(ref)
+    spec = _spec_for(model_name, use_case)
+    with _user_errors():
+        request = request_promotion(
+            _store(_settings()), spec.promotion, model_name=model_name, version=version,
+            reason=reason, actor=actor, role=role, override=override, use_case=spec.name,
+        )  # fmt: skip
+    if as_json:
+        _print_json(request)
+        return
+    console.print(
+        f"requested {request['model_name']} version {request['version']} as {request['alias']} "
+        f"(request {request['id']}, expires {request['expires_at'][:16]}); another approver "
+        f"runs: loopline models approve {request['id'][:8]}"
+    )
+
+
+def _spec_for_request(use_case: str) -> Any:
+    """The use case whose policy applies (approval checks the request is for its model)."""
+    from loopline.spec import load_spec
+
+    with _user_errors():
+        return load_spec(use_case)
+
+
+@models_app.command("approve")
+def models_approve(
+    request_id: RequestId,
+    note: Annotated[str, typer.Option(help="A note with the approval (audit trail).")] = "",
+    actor: Who = None,
+    role: Role = None,
+    as_json: AsJson = False,
+    use_case: PolicyUseCase = "fraud",
+) -> None:
+    """Approve someone else's promotion request: its version becomes champion, unless champion
+    moved since the request (then the request is stale)."""
+    from loopline.registry.policy import approve_request
+
+    spec = _spec_for_request(use_case)
+    with _user_errors():
+        change = approve_request(
+            _store(_settings()), spec.promotion, request_id, actor=actor, role=role, note=note,
+            model_name=spec.model_name, use_case=spec.name,
+        )  # fmt: skip
+    if as_json:
+        _print_json(change.as_dict())
+        return
+    move = change.move
+    console.print(
+        f"approved {change.request_id}: {move.alias} of {move.model_name} version "
+        f"{move.from_version or '-'} -> {move.to_version} (revision {move.revision})"
+    )
+
+
+@models_app.command("reject")
+def models_reject(
+    request_id: RequestId,
+    reason: Annotated[str, typer.Option(help="Why (required).")] = "",
+    actor: Who = None,
+    role: Role = None,
+    as_json: AsJson = False,
+    use_case: PolicyUseCase = "fraud",
+) -> None:
+    """Reject a pending promotion request (an approver), or withdraw your own."""
+    from loopline.registry.policy import reject_request
+
+    spec = _spec_for_request(use_case)
+    with _user_errors():
+        request = reject_request(
+            _store(_settings()), spec.promotion, request_id, reason=reason, actor=actor,
+            role=role, model_name=spec.model_name, use_case=spec.name,
+        )  # fmt: skip
+    if as_json:
+        _print_json(request)
+        return
+    console.print(f"rejected request {request['id']}: {request['decision_note']}")
+
+
+@models_app.command("requests")
+def models_requests(
+    name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only this status: pending, approved, rejected, stale, expired."),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """List promotion requests (newest first) with their status and decision."""
+    from loopline.registry.policy import list_requests
+
+    with _user_errors(), _store(_settings()).reader() as session:
+        rows = list_requests(session, name, status=status)
+    if as_json:
+        _print_json({"requests": rows})
+        return
+    table = Table("id", "version", "status", "requested by", "decided by", "reason", "at")
+    for row in rows:
+        table.add_row(
+            row["id"][:8], f"{row['model_name']}@{row['version']}", row["status"],
+            row["requested_by"], row["decided_by"] or "-",
+            row["reason"] + (" (override)" if row["override"] else ""), row["created_at"][:16],
+        )  # fmt: skip
+    console.print(table)
 
 
 def _version_ref(ref: str) -> tuple[str, int]:

@@ -116,6 +116,40 @@ def test_importance_shap_and_the_evaluation_report_are_stored(trained: Trained) 
     assert summary["top_features"][0]["feature"] == importance.row(0, named=True)["feature"]
 
 
+def test_evaluate_scores_a_version_on_the_newest_labels(trained: Trained) -> None:
+    # Runs before the reproduce tests ingest the live day (file order): the data is the run's.
+    from datetime import timedelta
+
+    from loopline.stages.evaluate import run_evaluate
+
+    result = run_evaluate(trained.settings, SPEC, ref=str(trained.result["model_version"]), days=2)
+    assert result["overlap_rows"] == 0  # two days inside the holdout: never trained on
+    frame = pl.read_parquet(trained.blob("training_set"))
+    newest = frame.get_column("event_timestamp").max()
+    window = frame.filter(pl.col("event_timestamp") > newest - timedelta(days=2))
+    assert result["window"]["rows"] == window.height
+    from loopline.training.prepare import labels_for_task
+
+    scores = load_booster(trained.blob("model")).predict(
+        transform.to_numpy(transform.model_inputs(window, SPEC))
+    )
+    y = labels_for_task(window.get_column("is_fraud"), SPEC)
+    assert result["metrics"]["roc_auc"] == pytest.approx(roc_auc_score(y, scores))
+    wide = run_evaluate(trained.settings, SPEC, ref="latest", days=30)
+    assert wide["overlap_rows"] > 0  # a window reaching into the training side is flagged
+
+
+def test_evaluate_refuses_bad_input(
+    trained: Trained, run: Callable[..., tuple[int, str, str]]
+) -> None:
+    from loopline.stages.evaluate import run_evaluate
+
+    with pytest.raises(StageError, match="days: must be an integer"):
+        run_evaluate(trained.settings, SPEC, ref="1", days=0)
+    code, _, err = run(trained.settings.home, "evaluate", "nosuchalias")
+    assert code == 2 and "nosuchalias" in err
+
+
 def test_a_train_run_reproduces_to_the_same_model_hash(trained: Trained) -> None:
     result = run_reproduce(trained.settings, trained.result["run_id"])
     assert result["training_set_matches"], result

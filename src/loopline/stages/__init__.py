@@ -10,7 +10,7 @@ from loopline.stages.demo import ensure_demo_data, write_demo_data
 from loopline.stages.features import run_features
 from loopline.stages.ingest import run_ingest
 from loopline.stages.monitor import run_monitor
-from loopline.stages.promote import run_promote
+from loopline.stages.promote import run_promote, run_rollback
 from loopline.stages.train import run_train
 from loopline.stages.tune import run_tune
 
@@ -23,6 +23,7 @@ __all__ = [
     "run_ingest",
     "run_monitor",
     "run_promote",
+    "run_rollback",
     "run_train",
     "run_tune",
     "write_demo_data",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -33,6 +33,15 @@ from loopline.training.prepare import Prepared
 
 PROFILE_MAX_ROWS = 50_000
 """Rows of the training side profiled as the drift reference (a seeded sample beyond that)."""
+
+
+class Fitted(NamedTuple):
+    """What `fit_and_record` trained and recorded."""
+
+    model: TrainedModel
+    metrics: dict[str, float]
+    summary: dict[str, Any]
+    report: dict[str, Any] | None
 
 
 @dataclass
@@ -56,7 +65,11 @@ class TrainingInputs:
 
 
 def _gate_evidence(
-    ctx: Context, prepared: Prepared, model: TrainedModel, metrics: Mapping[str, float]
+    ctx: Context,
+    prepared: Prepared,
+    model: TrainedModel,
+    metrics: Mapping[str, float],
+    report: Mapping[str, Any] | None,
 ) -> gate_evidence.Evidence:
     """What the spec's gates judge: the champion rescored on this holdout, latency, size, data."""
     gates = ctx.spec.gates
@@ -64,7 +77,13 @@ def _gate_evidence(
     if any(gate.kind == "beats_champion" for gate in gates):
         champion = gate_evidence.load_champion(ctx.store, ctx.artifacts, ctx.spec.model_name)
     return gate_evidence.collect_evidence(
-        gates, spec=ctx.spec, prepared=prepared, model=model, metrics=metrics, champion=champion
+        gates,
+        spec=ctx.spec,
+        prepared=prepared,
+        model=model,
+        metrics=metrics,
+        champion=champion,
+        report=report,
     )
 
 
@@ -124,7 +143,7 @@ def build_inputs(
     lineage = {
         "feature_service": spec.features.service,
         "feature_views": pit.lineage(),
-        "training_set": {"frame_hash": tables.frame_hash(pit.frame), "rows": pit.frame.height},
+        "training_set": {"rows": pit.frame.height},
         "sources": {
             spec.events.table: events_dv.table_version,
             spec.labels.table: labels_dv.table_version,
@@ -158,6 +177,12 @@ def _prediction_profile(model: TrainedModel, x_sample: Any) -> Any:
     return profile_frame(pl.DataFrame({"prediction": predictions}))
 
 
+def _snapshot(run: RunHandle, training_set: pl.DataFrame) -> str:
+    return run.log_artifact_bytes(
+        "training_set", parquet_bytes(training_set), media_type="application/parquet"
+    )
+
+
 def _json_artifact(run: RunHandle, name: str, value: Any) -> str:
     data = json.dumps(value, sort_keys=True, allow_nan=False).encode()
     return run.log_artifact_bytes(name, data, media_type="application/json")
@@ -171,7 +196,7 @@ def fit_and_record(
     overrides: Mapping[str, Any] | None = None,
     callbacks: Sequence[Callable[..., Any]] = (),
     explain: bool = True,
-) -> tuple[TrainedModel, dict[str, float], dict[str, Any]]:
+) -> Fitted:
     """Train on `prepared` and record the model, its params, curves, metrics and evaluation.
 
     Args:
@@ -184,7 +209,8 @@ def fit_and_record(
             (tuning trials skip these).
 
     Returns:
-        (the model, its holdout metrics, the summary written to the run).
+        The model, its holdout metrics, the summary written to the run and the evaluation
+        report (None without `explain`).
     """
     from loopline.training.metrics import compute_metrics
     from loopline.training.model import train_booster
@@ -218,22 +244,26 @@ def fit_and_record(
         "valid_rows": prepared.valid.height,
         "best_iteration": model.best_iteration,
     }
+    report = None
     if explain:
+        # SHAP (LightGBM's C code, GIL released) on another core while the report is built.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="train-shap") as pool:
+            shap_job = pool.submit(model.shap_summary, prepared.x_valid, seed=spec.training.seed)
+            report = evaluation_report(
+                prepared.valid,
+                task=spec.task,
+                y_true_col=spec.labels.column,
+                pred=predictions,
+                evaluation=spec.evaluation,
+                metrics=spec.metrics,
+                classes=spec.labels.classes,
+            )
+            shap = shap_job.result()
         importance = model.importance()
         run.log_artifact_bytes(
             "feature_importance", parquet_bytes(importance), media_type="application/parquet"
         )
-        shap = model.shap_summary(prepared.x_valid, seed=spec.training.seed)
         _json_artifact(run, "shap_summary", shap)
-        report = evaluation_report(
-            prepared.valid,
-            task=spec.task,
-            y_true_col=spec.labels.column,
-            pred=predictions,
-            evaluation=spec.evaluation,
-            metrics=spec.metrics,
-            classes=spec.labels.classes,
-        )
         _json_artifact(run, "evaluation_report", report)
         summary |= {
             "top_features": importance.head(10).to_dicts(),
@@ -241,7 +271,7 @@ def fit_and_record(
             "evaluation": _report_digest(report),
         }
     run.set_summary(**summary)
-    return model, metrics, summary
+    return Fitted(model, metrics, summary, report)
 
 
 def _report_digest(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,18 +330,17 @@ def run_train(
             raise StageError(str(exc)) from exc
         # Bookkeeping that does not need the model runs on another core while LightGBM (one
         # thread, GIL released) trains: the training-set snapshot (content-addressed: its id is
-        # the sha256 of its Parquet bytes) and the profile of the reference inputs.
-        snapshot = background.submit(
-            run.log_artifact_bytes,
-            "training_set",
-            parquet_bytes(inputs.training_set),
-            media_type="application/parquet",
-        )
+        # the sha256 of its Parquet bytes), its frame hash, the profile of the reference inputs.
+        snapshot = background.submit(_snapshot, run, inputs.training_set)
+        frame_hash = background.submit(tables.frame_hash, inputs.training_set)
         sample, x_sample = _reference_sample(prepared, spec)
         inputs_profile = background.submit(profile_frame, sample)
-        model, metrics, summary = fit_and_record(run, prepared, spec, overrides=overrides)
+        model, metrics, summary, report = fit_and_record(run, prepared, spec, overrides=overrides)
         lineage = inputs.lineage
-        lineage["training_set"]["artifact_id"] = snapshot.result()
+        lineage["training_set"] |= {
+            "artifact_id": snapshot.result(),
+            "frame_hash": frame_hash.result(),
+        }
         run.set_summary(lineage=lineage)
         reference = inputs_profile.result().merge(_prediction_profile(model, x_sample))
         profile_id = run.log_artifact_bytes(
@@ -320,7 +349,7 @@ def run_train(
         model_id = run.log_artifact_bytes(
             "model", model.to_bytes(), media_type="text/x-lightgbm-model"
         )
-        evidence = _gate_evidence(ctx, prepared, model, metrics)
+        evidence = _gate_evidence(ctx, prepared, model, metrics, report)
         verdicts = gate_rules.evaluate_gates(spec.gates, evidence)
         _json_artifact(run, "gate_evidence", evidence.as_dict())
         datasets = {"events": inputs.events.id, "labels": inputs.labels.id}

@@ -107,10 +107,10 @@ def _objective(ctx: Context, job: TuneJob, prepared: Prepared) -> Callable[[optu
             ) as handle:
                 trial.set_user_attr("run_id", handle.run_id)
                 try:
-                    _, metrics, _ = fit_and_record(
+                    metrics = fit_and_record(
                         handle, prepared, spec, overrides=params, callbacks=[callback],
                         explain=False,
-                    )  # fmt: skip
+                    ).metrics  # fmt: skip
                 except optuna.TrialPruned as exc:
                     _record_pruned(handle, callback, prepared, spec, trial.number, str(exc))
                     pruned = exc
