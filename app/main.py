@@ -16,6 +16,7 @@ page = st.navigation(
     [
         st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
         st.Page("views/runs.py", title="Runs", icon=":material/play_circle:"),
+        st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("views/models.py", title="Models", icon=":material/model_training:"),
         st.Page("views/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
     ]

@@ -4,14 +4,23 @@
 ingested twice, features built, two trainings registering fraud-detector v1 and v2 (with gate
 verdicts and dataset lineage), a failed training, the champion moved v1 -> v2 with its alias
 history, and three monitoring windows of drift results with one open alert.
+
+`training_home` is a store of real training runs (`write_training_runs`: LightGBM through the
+train stage's `fit_and_record`, with its importance, SHAP and evaluation-report artifacts), for
+run search, comparison and the Evaluation tab.
 """
 
 from __future__ import annotations
 
+import json
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import polars as pl
 import pytest
 
 from loopline.settings import Settings
@@ -313,3 +322,336 @@ def populated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
 def facts() -> Facts:
     """The values `populate` wrote."""
     return Facts()
+
+
+# --- training runs with real evaluation artifacts (search, compare, the Evaluation tab) --------
+
+TRAIN_LEAVES = (7, 31, 63)
+"""One binary training run per `num_leaves` override; nothing else differs between them."""
+
+
+@dataclass(frozen=True)
+class TrainingRuns:
+    """What `write_training_runs` recorded: run ids by name, and each binary run's metrics."""
+
+    home: Home
+    ids: dict[str, str]
+    metrics: dict[str, dict[str, float]]
+
+    def leaves(self, num_leaves: int) -> str:
+        """The id of the binary run trained with this `num_leaves`."""
+        return self.ids[f"train-{num_leaves}"]
+
+
+def _fraud_holdout(n: int, seed: int) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, list[str]]:
+    """Synthetic fraud-like events (time-ordered), their model inputs and labels.
+
+    NG card holders spend more, so the model flags them more often: the fairness view has a
+    group gap to show.
+    """
+    rng = np.random.default_rng(seed)
+    country = rng.choice(["US", "GB", "DE", "NG"], n, p=[0.45, 0.3, 0.15, 0.1])
+    amount = rng.exponential(150, n) * np.where(country == "NG", 2.5, 1.0)
+    hour = rng.integers(0, 24, n)
+    count = rng.poisson(5, n)
+    chargebacks = rng.beta(1, 30, n)
+    logit = -4.5 + 0.008 * amount + 1.5 * (hour < 6) + 25 * chargebacks
+    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    events = pl.DataFrame(
+        {
+            "event_timestamp": [T0 + timedelta(minutes=10 * i) for i in range(n)],
+            "amount": amount,
+            "hour": hour,
+            "channel": rng.choice(["chip", "contactless", "swipe", "online"], n).tolist(),
+            "country": country.tolist(),
+            "is_fraud": label,
+        }
+    )
+    inputs = np.column_stack([amount, hour, count, chargebacks]).astype(np.float64)
+    return events, inputs, label, ["amount", "hour", "customer_txn_count_7d", "merchant_cb_rate"]
+
+
+def write_training_runs(settings: Settings) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """Record real training runs into the store under `settings.home`.
+
+    Three binary runs go through the train stage's own `fit_and_record` (LightGBM, learning
+    curves, importance, SHAP, the evaluation report) on synthetic fraud events; a regression
+    and a multiclass run carry the evaluation report of synthetic predictions; an ingest run
+    has no evaluation.
+    """
+    from loopline.lake.artifacts import ArtifactStore
+    from loopline.spec import CostMatrix, EvaluationSpec, Segment, load_spec
+    from loopline.stages.train import fit_and_record
+    from loopline.tracking import RunHandle, tracked_run
+    from loopline.training.prepare import Prepared
+    from loopline.training.report import evaluation_report
+
+    spec = load_spec("fraud")
+    # Fewer rounds (fast), and misses costing 4 false alarms, not 25: a threshold that splits
+    # the synthetic holdout instead of flagging nearly everything.
+    spec = spec.model_copy(
+        update={
+            "training": spec.training.model_copy(
+                update={"num_boost_round": 40, "early_stopping_rounds": 40}
+            ),
+            "evaluation": spec.evaluation.model_copy(
+                update={"costs": CostMatrix(false_positive=1.0, false_negative=4.0)}
+            ),
+        }
+    )
+    events, inputs, label, names = _fraud_holdout(3000, seed=3)
+    cut = 2400
+    prepared = Prepared(
+        train=events[:cut],
+        valid=events[cut:],
+        x_train=inputs[:cut],
+        y_train=label[:cut],
+        x_valid=inputs[cut:],
+        y_valid=label[cut:],
+        feature_names=names,
+        num_class=None,
+    )
+    store = Store.open(settings)
+    artifacts = ArtifactStore(settings.artifacts_dir)
+    ids: dict[str, str] = {}
+    metrics: dict[str, dict[str, float]] = {}
+
+    def record(name: str, kind: str, **params: object) -> AbstractContextManager[RunHandle]:
+        return tracked_run(
+            store, artifacts, kind=kind, use_case="fraud", project_dir=settings.home,
+            name=name, params=params, tags={"team": "risk"},
+        )  # fmt: skip
+
+    try:
+        with record("ingest-1", "ingest", paths=["tx.csv"]) as run:
+            run.log_metrics({"rows_accepted": 3000})
+            ids["ingest-1"] = run.run_id
+        for leaves in TRAIN_LEAVES:
+            overrides = {"num_leaves": leaves}
+            training = spec.training.model_dump()
+            with record(f"train-{leaves}", "train", training=training, overrides=overrides) as run:
+                metrics[f"train-{leaves}"] = fit_and_record(
+                    run, prepared, spec, overrides=overrides
+                ).metrics
+                ids[f"train-{leaves}"] = run.run_id
+        rng = np.random.default_rng(5)
+        segments = EvaluationSpec(segments=[Segment(name="channel", column="channel")])
+        frame = events[cut:]
+        target = frame["amount"].to_numpy()
+        with record("train-regression", "train") as run:
+            report = evaluation_report(
+                frame.with_columns(target=target), task="regression", y_true_col="target",
+                pred=target + rng.normal(0, 20, frame.height), evaluation=segments,
+                metrics=["rmse", "mae", "r2"],
+            )  # fmt: skip
+            run.log_artifact_bytes(
+                "evaluation_report", json.dumps(report).encode(), media_type="application/json"
+            )
+            ids["train-regression"] = run.run_id
+        with record("train-multiclass", "train") as run:
+            classes = rng.integers(0, 3, frame.height)
+            proba = rng.dirichlet([1, 1, 1], frame.height) + 0.5 * np.eye(3)[classes]
+            report = evaluation_report(
+                frame.with_columns(cls=classes), task="multiclass_classification",
+                y_true_col="cls", pred=proba / proba.sum(axis=1, keepdims=True),
+                evaluation=segments, metrics=["log_loss", "accuracy", "macro_f1"],
+                classes=["low", "mid", "high"],
+            )  # fmt: skip
+            run.log_artifact_bytes(
+                "evaluation_report", json.dumps(report).encode(), media_type="application/json"
+            )
+            ids["train-multiclass"] = run.run_id
+    finally:
+        store.dispose()
+    return ids, metrics
+
+
+@pytest.fixture(scope="session")
+def _training_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
+    path = tmp_path_factory.mktemp("training") / "home"
+    ids, metrics = write_training_runs(Settings(home=path))
+    return path, ids, metrics
+
+
+@pytest.fixture
+def training_home(
+    _training_store: tuple[Path, dict, dict], monkeypatch: pytest.MonkeyPatch
+) -> TrainingRuns:
+    """A LOOPLINE_HOME with real training runs (built once per session; tests only read it)."""
+    path, ids, metrics = _training_store
+    return TrainingRuns(home=_home(path, monkeypatch), ids=dict(ids), metrics=dict(metrics))
+
+
+# --- a registry written through the registry API (the Models page's actions) -------------------
+
+REGISTRY_FEATURES = ["amount", "hour", "txn_count_7d", "merchant_risk"]
+REGISTRY_TYPES = ["float64", "float64", "float64", "categorical"]
+SLOW_P99_MS = 35.0
+"""The p99 latency of `Registry.failing`: over the fraud spec's 20 ms budget."""
+
+
+@dataclass(frozen=True)
+class Registry:
+    """What `write_registry` made: three packaged versions, v3's latency gate failing, and v1
+    promoted to champion by alice through the policy."""
+
+    home: Home
+    model: str = MODEL
+    champion: int = 1
+    passing: int = 2
+    failing: int = 3
+    failed_gate: str = "single_row_latency"
+    package_ids: dict[int, str] = field(default_factory=dict)
+
+
+def _tiny_model(seed: int) -> str:
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(seed)
+    x = np.column_stack(
+        [rng.gamma(2.0, 50.0, 400), rng.integers(0, 24, 400), rng.poisson(3, 400),
+         rng.integers(0, 4, 400)]
+    ).astype(np.float64)  # fmt: skip
+    y = (x[:, 0] / 100 + (x[:, 1] < 6) > 1.2).astype(int)
+    params = {"objective": "binary", "verbosity": -1, "num_threads": 1, "num_leaves": 7,
+              "seed": seed, "deterministic": True}  # fmt: skip
+    return lgb.train(
+        params, lgb.Dataset(x, y, feature_name=REGISTRY_FEATURES), num_boost_round=6
+    ).model_to_string()
+
+
+def _window(window: str, rows: int, start: str, candidate: float, champion: float) -> dict:
+    end = "2026-10-31T00:00:00+00:00"
+    return dict(
+        window=window, rows=rows, start=start, end=end, candidate=candidate, champion=champion
+    )
+
+
+def _group(group: str, rows: int, rate: float, best: float = 0.18) -> dict:
+    return {
+        "group": group,
+        "rows": rows,
+        "small": False,
+        "selection_rate": rate,
+        "selection_rate_ratio": rate / best,
+        "selection_rate_difference": best - rate,
+    }
+
+
+def _evidence(version: int, *, p99_ms: float, model_bytes: int) -> Any:
+    """Evidence as `collect_evidence` records it: v1 had no champion, later versions beat v1."""
+    from loopline.registry.evidence import NO_CHAMPION, RESCORED, Evidence
+
+    ap = 0.40 + 0.02 * version
+    comparison: dict[str, Any] = {"basis": NO_CHAMPION, "champion": None, "note": "no champion"}
+    if version > 1:
+        comparison = {
+            "basis": RESCORED,
+            "champion": {"version": 1, "feature_service": "fraud_v1"},
+            "note": "",
+            "windows": [
+                _window("holdout", 2400, "2026-10-01T00:00:00+00:00", ap, 0.41),
+                _window("recent", 560, "2026-10-24T00:00:00+00:00", ap - 0.004, 0.40),
+            ],
+        }
+    groups = [("US", 1100, 0.060), ("GB", 700, 0.055), ("DE", 380, 0.050), ("NG", 220, 0.180)]
+    fairness = {
+        "attribute": "country",
+        "threshold": 0.31,
+        "best_and_worst_over": "groups with at least 100 rows",
+        "groups": [_group(*g) for g in groups],
+        "worst": {"selection_rate_ratio": 0.05 / 0.18, "selection_rate_difference": 0.13},
+    }
+    latency = {"samples": 500, "warmup": 50, "p50_ms": 0.41, "p90_ms": 0.66, "p99_ms": p99_ms}
+    nulls = {"amount": 0.0, "hour": 0.0, "txn_count_7d": 0.12, "merchant_risk": 0.0}
+    return Evidence(
+        metrics={"roc_auc": 0.88 + 0.01 * version, "average_precision": ap},
+        comparisons={"beats_champion": comparison},
+        fairness=[fairness],
+        calibration={"ece": 0.012, "mce": 0.041},
+        latency={**latency, "max_ms": p99_ms + 2.0, "mean_ms": 0.5, "rounds": 1},
+        model_bytes=model_bytes,
+        data={"rows": 2400, "positive_rate": 0.031, "null_fraction": nulls},
+    )
+
+
+def write_registry(settings: Settings) -> dict[int, str]:
+    """Register three packaged versions of fraud-detector with gate verdicts judged by the
+    fraud spec's gates (v3 too slow), and promote v1 to champion as alice; returns package ids.
+    """
+    from loopline.lake.artifacts import ArtifactStore
+    from loopline.registry import models as registry
+    from loopline.registry.gates import evaluate_gates, record_gate_results
+    from loopline.registry.package import build_package, register_package
+    from loopline.registry.policy import promote
+    from loopline.spec import load_spec
+
+    spec = load_spec("fraud")
+    store = Store.open(settings)
+    artifacts = ArtifactStore(settings.artifacts_dir)
+    package_ids: dict[int, str] = {}
+    try:
+        for seed in range(3):
+            text = _tiny_model(seed)
+            package = build_package(
+                text, feature_names=REGISTRY_FEATURES, feature_types=REGISTRY_TYPES,
+                feature_service="fraud_v1", metadata={"trainer": "tests/app"},
+            )  # fmt: skip
+            with store.session() as session:
+                run = Run(kind="train", use_case="fraud", name=f"train-v{seed + 1}")
+                session.add(run)
+                session.flush()
+                evidence = _evidence(
+                    seed + 1, p99_ms=SLOW_P99_MS if seed == 2 else 1.2, model_bytes=len(text)
+                )
+                version = register_package(
+                    session, artifacts, package, model_name=MODEL, use_case="fraud",
+                    run_id=run.id, metrics=dict(evidence.metrics),
+                )  # fmt: skip
+                record_gate_results(
+                    session,
+                    model_version_id=version.id,
+                    verdicts=evaluate_gates(spec.gates, evidence),
+                    run_id=run.id,
+                )
+                package_ids[version.version] = str(version.package_id)
+        promote(
+            store, spec.promotion, model_name=MODEL, version=1, actor="alice",
+            reason="first model", use_case="fraud",
+        )  # fmt: skip
+        with store.reader() as session:
+            assert registry.aliases_of(session, MODEL) == {"champion": 1}
+    finally:
+        store.dispose()
+    return package_ids
+
+
+def _registry_home(path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    home = _home(path, monkeypatch)
+    for name in ("LOOPLINE_ACTOR", "LOOPLINE_ROLE", "LOOPLINE_USE_CASE", "PREFECT_API_URL"):
+        monkeypatch.delenv(name, raising=False)  # who acts is set on the page; no events sent
+    return Registry(home=home, package_ids=write_registry(home.settings))
+
+
+@pytest.fixture
+def registry_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    """A store written through the registry API, under the fraud spec's policy (overrides need
+    the `model-risk` role; no two-person rule)."""
+    return _registry_home(tmp_path / "registry", monkeypatch)
+
+
+@pytest.fixture
+def two_person_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    """`registry_home`, then the use case switched to a copy of the fraud spec with the
+    two-person rule on for `champion` (LOOPLINE_USE_CASE names the copy)."""
+    import yaml
+
+    from loopline.spec import USECASES_DIR
+
+    registry = _registry_home(tmp_path / "registry", monkeypatch)
+    raw = yaml.safe_load((USECASES_DIR / "fraud.yaml").read_text())
+    raw["promotion"]["two_person_rule"] = True
+    path = tmp_path / "fraud-two-person.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("LOOPLINE_USE_CASE", str(path))
+    return registry

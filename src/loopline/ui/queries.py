@@ -4,18 +4,34 @@ Each function opens one read session, selects what one view needs and returns a 
 fixed schema, so an empty store gives empty frames with the same columns: pages test
 `frame.is_empty()` instead of catching errors. Metric maps are spread into one Float64 column
 per metric key after the fixed columns; `metric_columns` names them.
+
+Run search and comparison go through `loopline.runs_query` (`search`, `compare`), and a
+training run's evaluation is read from its artifacts in the artifact store (`run_evaluation`).
 """
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 from sqlalchemy import func, select
 
+from loopline.lake.artifacts import ArtifactStore
+from loopline.runs_query import (
+    RunComparison,
+    compare_runs,
+    compile_query,
+    count_runs,
+    known_keys,
+    parse_order_by,
+    search_runs,
+)
 from loopline.store.db import Store
 from loopline.store.tables import (
     Alert,
@@ -31,6 +47,8 @@ from loopline.store.tables import (
     RunArtifact,
     RunMetric,
 )
+from loopline.tracking import RUN_STATUSES
+from loopline.training.report import RATE_MEASURES, report_to_frames
 
 CHAMPION = "champion"
 TS = pl.Datetime("us", "UTC")
@@ -681,3 +699,704 @@ def alerts(store: Store, *, status: str | None = "open", limit: int = 200) -> pl
             for a in session.scalars(query)
         ]
     return _frame(rows, ALERT_SCHEMA)
+
+
+# --- run search and comparison (the query language of loopline.runs_query) --------------------
+
+SORT_FIELDS = ("started_at", "ended_at", "duration_s", "peak_memory_mb", "name", "kind", "status")
+"""Run fields offered for sorting before the metric keys (any query field can be typed)."""
+
+
+@dataclass(frozen=True)
+class RunSearch:
+    """One page of a run search.
+
+    `runs` has the run fields of `RunPage.to_frame` and one Float64 column per shown metric,
+    named as the query names it (`metrics.roc_auc`); `total` counts every matching run;
+    `query` is the query that ran (the typed one and the filters, combined).
+    """
+
+    runs: pl.DataFrame
+    next_page_token: str | None
+    total: int
+    query: str
+
+
+def quote(text: str) -> str:
+    """`text` as a run-query string literal (single quotes, an inner quote doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _like_literal(text: str) -> str:
+    """A `like` pattern matching `text` exactly."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def filter_query(*, kinds: Sequence[str] = (), statuses: Sequence[str] = ()) -> str:
+    """The run-query text of the page's kind and status filters ('' when none is set).
+
+    A status the tracker no longer writes (a store older than its status set) is matched with
+    `like`, since `status = ...` only accepts the current statuses.
+    """
+    parts = []
+    if kinds:
+        parts.append(f"kind in ({', '.join(quote(k) for k in kinds)})")
+    if statuses:
+        known = [s for s in statuses if s in RUN_STATUSES]
+        alternatives = [f"status in ({', '.join(quote(s) for s in known)})"] if known else []
+        alternatives += [
+            f"status like {quote(_like_literal(s))}" for s in statuses if s not in RUN_STATUSES
+        ]
+        either = " or ".join(alternatives)
+        parts.append(either if len(alternatives) == 1 else f"({either})")
+    return " and ".join(parts)
+
+
+def combine_queries(query: str, filters: str) -> str:
+    """`query` and `filters` joined by `and` (the typed query in parentheses)."""
+    query = query.strip()
+    if not filters:
+        return query
+    return f"({query}) and {filters}" if query else filters
+
+
+def _shown_metrics(frame: pl.DataFrame, named: str, max_metrics: int) -> list[str]:
+    """Metric columns to keep: those the query or sort names, then the most filled ones."""
+    columns = [c for c in frame.columns if c.startswith("metrics.")]
+    first = [c for c in columns if c in named]
+    counts = {c: frame.height - frame[c].null_count() for c in columns if c not in first}
+    rest = sorted(counts, key=lambda c: (-counts[c], c))
+    return first + rest[: max(0, max_metrics - len(first))]
+
+
+def search(
+    store: Store,
+    *,
+    text: str = "",
+    kinds: Sequence[str] = (),
+    statuses: Sequence[str] = (),
+    order_by: str = "started_at desc",
+    page_token: str | None = None,
+    limit: int = 50,
+    max_metrics: int = 8,
+) -> RunSearch:
+    """One page of the runs matching a run query and the kind/status filters.
+
+    The typed query is checked on its own first, so an error's position points into the text
+    the person typed. The panel never reaps crashed runs (it only reads); the tracker and the
+    CLI do.
+
+    Args:
+        store: The metadata store.
+        text: Run-query text (see `loopline.runs_query`); empty matches every run. (Not
+            `query`: `Panel.query` takes that name.)
+        kinds, statuses: Runs of these kinds / with these statuses only (none: all).
+        order_by: Up to 3 sort keys, e.g. 'metrics.roc_auc desc'.
+        page_token: The previous page's `next_page_token`.
+        limit: Page size (1 to 1,000).
+        max_metrics: Metric columns to show at most (those the query or sort names first).
+
+    Raises:
+        QueryError: A bad query, sort order, page token or limit, with its position.
+    """
+    compile_query(text, dialect=store.engine.dialect.name)
+    parse_order_by(order_by)
+    effective = combine_queries(text, filter_query(kinds=kinds, statuses=statuses))
+    page = search_runs(
+        store, effective, order_by=order_by, limit=limit, page_token=page_token, reap=False
+    )
+    frame = page.to_frame()
+    keep = set(_shown_metrics(frame, f"{text} {order_by}", max_metrics))
+    frame = frame.select(c for c in frame.columns if not c.startswith("metrics.") or c in keep)
+    return RunSearch(frame, page.next_page_token, count_runs(store, effective), effective)
+
+
+def sort_fields(store: Store) -> list[str]:
+    """Fields the sort box offers: the run fields, then `metrics.<key>` per known metric."""
+    return [*SORT_FIELDS, *(f"metrics.{key}" for key in known_keys(store)["metrics"])]
+
+
+def query_pointer(query: str, position: int | None) -> str | None:
+    """The query with a caret under the character at `position` (None without a position)."""
+    if position is None:
+        return None
+    lines = query.split("\n")
+    offset = 0
+    for line in lines:
+        if position <= offset + len(line):
+            return f"{line}\n{' ' * (position - offset)}^"
+        offset += len(line) + 1
+    return f"{lines[-1]}\n{' ' * len(lines[-1])}^"
+
+
+def compare(store: Store, *, run_ids: Sequence[str]) -> RunComparison:
+    """`loopline.runs_query.compare_runs` for the panel (2 to 50 runs)."""
+    return compare_runs(store, list(run_ids))
+
+
+def run_titles(comparison: RunComparison) -> dict[str, str]:
+    """Per run label of a comparison, a unique display title: 'name (label)'."""
+    return {
+        label: f"{name} ({label})" if name else label
+        for label, name in comparison.runs.select("label", "name").iter_rows()
+    }
+
+
+def param_diff(comparison: RunComparison, *, every_param: bool = False) -> pl.DataFrame:
+    """The comparison's params, one column per run: only those that differ unless asked."""
+    params = comparison.params if every_param else comparison.params.filter(pl.col("differs"))
+    return params.drop("differs").rename(run_titles(comparison))
+
+
+def metric_table(comparison: RunComparison) -> pl.DataFrame:
+    """The comparison's final metrics, one column per run, and which differ."""
+    return comparison.metrics.rename(run_titles(comparison))
+
+
+def comparison_curves(comparison: RunComparison) -> pl.DataFrame:
+    """The comparison's learning curves with each run's display title in `run`."""
+    titles = pl.DataFrame(
+        {"label": list(run_titles(comparison)), "run": list(run_titles(comparison).values())},
+        schema={"label": pl.String, "run": pl.String},
+    )
+    return comparison.curves.join(titles, on="label", how="left").select(
+        "run", "key", "step", "value"
+    )
+
+
+# --- a training run's evaluation (artifacts written by loopline.stages.train) -----------------
+
+EVALUATION_ARTIFACTS = ("evaluation_report", "feature_importance", "shap_summary")
+MEASURE_TITLES = {
+    "selection_rate": "Selection rate",
+    "tpr": "True positive rate",
+    "fpr": "False positive rate",
+}
+
+IMPORTANCE_SCHEMA: dict[str, Any] = {
+    "feature": pl.String,
+    "gain": pl.Float64,
+    "gain_share": pl.Float64,
+    "split": pl.Int64,
+}
+SHAP_SCHEMA: dict[str, Any] = {"feature": pl.String, "mean_abs": pl.Float64, "mean": pl.Float64}
+CALIBRATION_SCHEMA: dict[str, Any] = {
+    "bin_lower": pl.Float64,
+    "bin_upper": pl.Float64,
+    "count": pl.Int64,
+    "mean_predicted": pl.Float64,
+    "observed_rate": pl.Float64,
+}
+ROC_SCHEMA: dict[str, Any] = {"fpr": pl.Float64, "tpr": pl.Float64, "threshold": pl.Float64}
+PR_SCHEMA: dict[str, Any] = {"recall": pl.Float64, "precision": pl.Float64, "threshold": pl.Float64}
+RESIDUAL_SCHEMA: dict[str, Any] = {"prediction": pl.Float64, "residual": pl.Float64}
+CONFUSION_SCHEMA: dict[str, Any] = {
+    "actual": pl.String,
+    "predicted": pl.String,
+    "count": pl.Int64,
+    "share": pl.Float64,
+}
+PER_CLASS_SCHEMA: dict[str, Any] = {
+    "class": pl.String,
+    "support": pl.Int64,
+    "predicted": pl.Int64,
+    "precision": pl.Float64,
+    "recall": pl.Float64,
+    "f1": pl.Float64,
+}
+FAIRNESS_SCHEMA: dict[str, Any] = {
+    "attribute": pl.String,
+    "group": pl.String,
+    "rows": pl.Int64,
+    "small": pl.Boolean,
+    "measure": pl.String,
+    "rate": pl.Float64,
+    "ratio": pl.Float64,
+    "difference": pl.Float64,
+    "worst": pl.Boolean,
+}
+FAIRNESS_SUMMARY_SCHEMA: dict[str, Any] = {
+    "attribute": pl.String,
+    "measure": pl.String,
+    "worst_group": pl.String,
+    "worst_ratio": pl.Float64,
+    "worst_difference": pl.Float64,
+    "threshold": pl.Float64,
+    "basis": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    """A training run's evaluation as frames for charts (empty frames where not recorded).
+
+    `overall` holds the holdout rows and metrics; `threshold` the binary decision threshold
+    with the confusion at it (empty for other tasks); `fairness` one row per (attribute,
+    group, measure) with `worst` marking the group whose ratio to the best group is the
+    lowest (over the groups not flagged small); `problems` the artifacts that could not be
+    read, with why.
+    """
+
+    task: str | None
+    overall: dict[str, Any]
+    notes: list[str]
+    problems: list[str]
+    importance: pl.DataFrame
+    shap: pl.DataFrame
+    shap_rows: int | None
+    threshold: dict[str, Any]
+    calibration: pl.DataFrame
+    calibration_error: dict[str, float | None]
+    roc: pl.DataFrame
+    pr: pl.DataFrame
+    residuals: pl.DataFrame
+    residual_stats: dict[str, Any]
+    confusion: pl.DataFrame
+    per_class: pl.DataFrame
+    slices: pl.DataFrame
+    fairness_groups: pl.DataFrame
+    fairness: pl.DataFrame
+    fairness_summary: pl.DataFrame
+    fairness_notes: dict[str, str]
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The task metrics of the report, in its order."""
+        return [k for k in self.overall if k != "rows"]
+
+
+def _calibration(calibration: Mapping[str, Any] | None) -> pl.DataFrame:
+    if not calibration:
+        return pl.DataFrame(schema=CALIBRATION_SCHEMA)
+    edges = calibration["edges"]
+    return pl.DataFrame(
+        {
+            "bin_lower": edges[:-1],
+            "bin_upper": edges[1:],
+            "count": calibration["count"],
+            "mean_predicted": calibration["mean_predicted"],
+            "observed_rate": calibration["observed_rate"],
+        },
+        schema=CALIBRATION_SCHEMA,
+    )
+
+
+def _curve(
+    points: Mapping[str, Any] | None, x: str, y: str, schema: dict[str, Any]
+) -> pl.DataFrame:
+    if not points:
+        return pl.DataFrame(schema=schema)
+    return pl.DataFrame(
+        {x: points[x], y: points[y], "threshold": points["thresholds"]}, schema=schema
+    )
+
+
+def _confusion(matrix: Mapping[str, Any] | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if not matrix:
+        return pl.DataFrame(schema=CONFUSION_SCHEMA), pl.DataFrame(schema=PER_CLASS_SCHEMA)
+    classes = [str(c) for c in matrix["classes"]]
+    rows = []
+    for actual, counts in zip(classes, matrix["matrix"], strict=True):
+        total = sum(counts)
+        for predicted, count in zip(classes, counts, strict=True):
+            rows.append((actual, predicted, int(count), count / total if total else None))
+    per_class = pl.DataFrame(
+        [{k: c.get(k) for k in PER_CLASS_SCHEMA} for c in matrix.get("per_class", [])],
+        schema=PER_CLASS_SCHEMA,
+    )
+    return pl.DataFrame(rows, schema=CONFUSION_SCHEMA, orient="row"), per_class
+
+
+def _fairness(report: Mapping[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, str]]:
+    rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    notes: dict[str, str] = {}
+    for entry in report.get("fairness") or []:
+        attribute, groups, worst = entry["attribute"], entry["groups"], entry.get("worst") or {}
+        if entry.get("note"):
+            notes[attribute] = entry["note"]
+        if not worst:
+            continue
+        reference = [g for g in groups if not g["small"]] or groups
+        for measure in RATE_MEASURES:
+            ratios = [g for g in reference if g.get(f"{measure}_ratio") is not None]
+            lowest = min(ratios, key=lambda g: g[f"{measure}_ratio"]) if ratios else None
+            for group in groups:
+                rows.append(
+                    {
+                        "attribute": attribute,
+                        "group": group["group"],
+                        "rows": group["rows"],
+                        "small": group["small"],
+                        "measure": measure,
+                        "rate": group.get(measure),
+                        "ratio": group.get(f"{measure}_ratio"),
+                        "difference": group.get(f"{measure}_difference"),
+                        "worst": group is lowest,
+                    }
+                )
+            summary.append(
+                {
+                    "attribute": attribute,
+                    "measure": measure,
+                    "worst_group": lowest["group"] if lowest else None,
+                    "worst_ratio": worst.get(f"{measure}_ratio"),
+                    "worst_difference": worst.get(f"{measure}_difference"),
+                    "threshold": entry.get("threshold"),
+                    "basis": entry.get("best_and_worst_over"),
+                }
+            )
+    return (
+        pl.DataFrame(rows, schema=FAIRNESS_SCHEMA, orient="row"),
+        pl.DataFrame(summary, schema=FAIRNESS_SUMMARY_SCHEMA, orient="row"),
+        notes,
+    )
+
+
+def evaluation_view(
+    report: Mapping[str, Any] | None,
+    *,
+    importance: pl.DataFrame | None = None,
+    shap: Mapping[str, Any] | None = None,
+    problems: Sequence[str] = (),
+) -> RunEvaluation:
+    """The frames the Evaluation tab charts, from a run's evaluation artifacts.
+
+    Args:
+        report: The `evaluation_report` artifact (`loopline.training.report`), if any.
+        importance: The `feature_importance` artifact (feature, gain, gain_share, split).
+        shap: The `shap_summary` artifact ({"rows", "expected_value", "features"}).
+        problems: Artifacts that could not be read, shown as warnings.
+    """
+    report = report or {}
+    extras = report.get("extras") or {}
+    frames = report_to_frames(dict(report)) if report else {}
+    calibration = extras.get("calibration") or {}
+    residuals = extras.get("residuals") or {}
+    confusion, per_class = _confusion(extras.get("confusion_matrix"))
+    fairness, fairness_summary, fairness_notes = _fairness(report)
+    shap_features = (shap or {}).get("features") or []
+    return RunEvaluation(
+        task=report.get("task"),
+        overall=dict(report.get("overall") or {}),
+        notes=list(report.get("notes") or []),
+        problems=list(problems),
+        importance=(
+            importance.select(list(IMPORTANCE_SCHEMA)).cast(IMPORTANCE_SCHEMA)
+            if importance is not None
+            else pl.DataFrame(schema=IMPORTANCE_SCHEMA)
+        ),
+        shap=pl.DataFrame(
+            [{k: f.get(k) for k in SHAP_SCHEMA} for f in shap_features], schema=SHAP_SCHEMA
+        ),
+        shap_rows=(shap or {}).get("rows"),
+        threshold=dict(extras.get("threshold") or {}),
+        calibration=_calibration(calibration),
+        calibration_error={"ece": calibration.get("ece"), "mce": calibration.get("mce")},
+        roc=_curve(extras.get("roc"), "fpr", "tpr", ROC_SCHEMA),
+        pr=_curve(extras.get("pr"), "recall", "precision", PR_SCHEMA),
+        residuals=pl.DataFrame(
+            {
+                "prediction": residuals.get("prediction", []),
+                "residual": residuals.get("residual", []),
+            },
+            schema=RESIDUAL_SCHEMA,
+        ),
+        residual_stats={k: v for k, v in residuals.items() if k not in RESIDUAL_SCHEMA},
+        confusion=confusion,
+        per_class=per_class,
+        slices=frames.get("slices", pl.DataFrame()),
+        fairness_groups=frames.get("fairness", pl.DataFrame()),
+        fairness=fairness,
+        fairness_summary=fairness_summary,
+        fairness_notes=fairness_notes,
+    )
+
+
+def run_evaluation(store: Store, *, run_id: str, artifacts_dir: str) -> RunEvaluation | None:
+    """A run's evaluation read from its artifacts, or None if it recorded none of them.
+
+    An artifact that is missing from the store or unreadable is reported in `problems`
+    instead of failing the view.
+
+    Args:
+        store: The metadata store.
+        run_id: The run.
+        artifacts_dir: The artifact store's root (`Settings.artifacts_dir`).
+    """
+    with store.reader() as session:
+        ids = dict(
+            session.execute(
+                select(RunArtifact.name, RunArtifact.artifact_id).where(
+                    RunArtifact.run_id == run_id, RunArtifact.name.in_(EVALUATION_ARTIFACTS)
+                )
+            ).all()
+        )
+    if not ids:
+        return None
+    artifacts = ArtifactStore(Path(artifacts_dir))
+    problems: list[str] = []
+
+    def read(name: str, parse: Any) -> Any:
+        if name not in ids:
+            return None
+        try:
+            return parse(artifacts.get_bytes(ids[name]))
+        except Exception as exc:  # a lost or damaged artifact: say so, show the rest
+            problems.append(f"{name} ({ids[name][:15]}…) cannot be read: {exc}")
+            return None
+
+    report = read("evaluation_report", json.loads)
+    importance = read("feature_importance", lambda data: pl.read_parquet(io.BytesIO(data)))
+    shap = read("shap_summary", json.loads)
+    try:
+        return evaluation_view(report, importance=importance, shap=shap, problems=problems)
+    except (KeyError, TypeError, ValueError, pl.exceptions.PolarsError) as exc:
+        problems.append(f"the evaluation artifacts do not have the expected layout: {exc!r}")
+        return evaluation_view(None, problems=problems)
+
+
+# --- the registry's promotion view (Models page actions) ---------------------------------------
+
+GATE_KINDS = frozenset(
+    {"min", "max", "beats_champion", "fairness", "calibration", "latency", "model_size", "data"}
+)
+GATE_TABLE_SCHEMA: dict[str, Any] = {
+    "gate": pl.String,
+    "kind": pl.String,
+    "verdict": pl.String,
+    "measures": pl.String,
+    "observed": pl.Float64,
+    "threshold": pl.Float64,
+    "note": pl.String,
+    "evaluated_at": TS,
+}
+REQUEST_SCHEMA: dict[str, Any] = {
+    "id": pl.String,
+    "version": pl.Int64,
+    "from_version": pl.Int64,
+    "status": pl.String,
+    "override": pl.Boolean,
+    "reason": pl.String,
+    "requested_by": pl.String,
+    "requester_role": pl.String,
+    "created_at": TS,
+    "expires_at": TS,
+    "decided_by": pl.String,
+    "decision_note": pl.String,
+    "decided_at": TS,
+}
+_EVIDENCE_SKIP = frozenset({"kind", "error"})
+
+
+@dataclass(frozen=True)
+class GateEvidence:
+    """One gate verdict's evidence, ready to show: scalar facts and tables of its lists.
+
+    Attributes:
+        gate: The gate's name.
+        kind: Its kind (`min`, `beats_champion`, `fairness`, ...; empty when not recorded).
+        facts: Label -> value as text (nested maps flattened to `outer.inner`).
+        tables: Label -> frame, one per list of records (windows, groups, checks, ...).
+    """
+
+    gate: str
+    kind: str
+    facts: dict[str, str]
+    tables: dict[str, pl.DataFrame]
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether nothing beyond the gate's kind was recorded."""
+        return not self.facts and not self.tables
+
+
+def version_gates(store: Store, *, model_version_id: str) -> Any:
+    """The latest verdict of each gate of a version, as the promotion policy judges them.
+
+    Returns:
+        `loopline.registry.policy.GateStatus` (`passed`, `failed`, `explain()`, `results`:
+        dicts with gate, passed, observed, threshold, evaluated_at, run_id, detail), or None
+        if there is no such version.
+    """
+    from loopline.registry.policy import gate_status
+
+    with store.reader() as session:
+        version = session.get(ModelVersion, model_version_id)
+        return None if version is None else gate_status(session, version)
+
+
+def gate_kind(result: Mapping[str, Any]) -> str:
+    """A verdict's gate kind: recorded in its detail, else its name when that is a kind."""
+    kind = (result.get("detail") or {}).get("kind")
+    if isinstance(kind, str) and kind:
+        return kind
+    return result["gate"] if result["gate"] in GATE_KINDS else ""
+
+
+def _shown_check(detail: Mapping[str, Any]) -> str | None:
+    """The check whose value a fairness or data verdict reports (the first failing one)."""
+    checks = [c for c in detail.get("checks") or [] if isinstance(c, Mapping)]
+    failing = [c for c in checks if not c.get("passed")]
+    shown = (failing or checks or [None])[0]
+    return None if shown is None else str(shown.get("check"))
+
+
+def gate_measures(result: Mapping[str, Any]) -> str:
+    """What a verdict's `observed` and `threshold` are, e.g. "improvement vs margin"."""
+    detail = result.get("detail") or {}
+    metric = detail.get("metric") or "metric"
+    kind = gate_kind(result)
+    if kind in ("fairness", "data"):
+        check = _shown_check(detail)
+        return f"{check} vs limit" if check else "value vs limit"
+    return {
+        "min": f"{metric} vs floor",
+        "max": f"{metric} vs ceiling",
+        "beats_champion": "improvement vs margin",
+        "calibration": "calibration error (ECE) vs max",
+        "latency": "p99 ms vs budget",
+        "model_size": "MB vs budget",
+    }.get(kind, "observed vs threshold")
+
+
+def _gate_note(result: Mapping[str, Any]) -> str:
+    detail = result.get("detail") or {}
+    if detail.get("error"):
+        return str(detail["error"])
+    if detail.get("basis") == "no_champion":
+        return "no champion to beat"
+    return str(detail.get("note") or "")
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """An ISO text or datetime as an aware UTC datetime (naive values are taken as UTC)."""
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def gate_table(results: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+    """Gate verdicts as a readable table: verdict, what is measured, observed vs threshold.
+
+    Args:
+        results: `GateStatus.results` (see `version_gates`).
+    """
+    rows = [
+        {
+            "gate": r["gate"],
+            "kind": gate_kind(r),
+            "verdict": "passed" if r["passed"] else "FAILED",
+            "measures": gate_measures(r),
+            "observed": r.get("observed"),
+            "threshold": r.get("threshold"),
+            "note": _gate_note(r),
+            "evaluated_at": _timestamp(r.get("evaluated_at")),
+        }
+        for r in results
+    ]
+    return _frame(rows, GATE_TABLE_SCHEMA)
+
+
+def _fact(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_fact(v) for v in value) or "—"
+    if isinstance(value, Mapping):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: scalars as they are, anything nested as compact text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return _fact(value)
+
+
+def _records_frame(records: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    cells = [{c: _cell(record.get(c)) for c in columns} for record in records]
+    for column in columns:
+        kinds = {type(row[column]) for row in cells if row[column] is not None}
+        if len(kinds - {int, float}) > 1 or (kinds & {int, float} and kinds - {int, float}):
+            for row in cells:  # mixed types in one column: show them all as text
+                row[column] = None if row[column] is None else _fact(row[column])
+    return pl.DataFrame(cells, infer_schema_length=None, strict=False)
+
+
+def gate_evidence(result: Mapping[str, Any]) -> GateEvidence:
+    """The evidence behind one verdict (its `detail`) as facts and tables.
+
+    Lists of records (beats_champion windows, fairness groups, fairness and data checks) become
+    tables; maps are flattened one level into facts (`champion.version`); `kind` and `error`
+    are left out (the gate table shows them).
+    """
+    detail = result.get("detail") or {}
+    facts: dict[str, str] = {}
+    tables: dict[str, pl.DataFrame] = {}
+    for key, value in detail.items():
+        if key in _EVIDENCE_SKIP:
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            tables[key] = _records_frame(value)
+        elif isinstance(value, Mapping) and value:
+            facts.update({f"{key}.{k}": _fact(v) for k, v in value.items()})
+        else:
+            facts[key] = _fact(value)
+    return GateEvidence(gate=result["gate"], kind=gate_kind(result), facts=facts, tables=tables)
+
+
+def version_record(store: Store, *, model_version_id: str) -> dict[str, Any] | None:
+    """Everything the registry says about one version (`registry.describe.describe_version`:
+    status, aliases, package and model hashes, ...), or None if there is no such version."""
+    from loopline.registry.describe import describe_version
+
+    with store.reader() as session:
+        version = session.get(ModelVersion, model_version_id)
+        return None if version is None else describe_version(session, version)
+
+
+def promotion_requests(store: Store, *, model_name: str, status: str | None = None) -> pl.DataFrame:
+    """The model's promotion requests (two-person rule), newest first, optionally of a status.
+
+    `status` is effective: a pending request past its expiry reads `expired`.
+    """
+    from loopline.registry.policy import list_requests
+
+    with store.reader() as session:
+        requests = list_requests(session, model_name, status=status)
+    rows = [
+        {
+            **{key: r.get(key) for key in REQUEST_SCHEMA},
+            **{key: _timestamp(r.get(key)) for key in ("created_at", "expires_at", "decided_at")},
+        }
+        for r in requests
+    ]
+    return _frame(rows, REQUEST_SCHEMA)
+
+
+def alias_moment(store: Store, *, model_name: str, alias: str, at: datetime) -> Any:
+    """The move that put `alias` where it stood at `at` (aware), or None if it was not set.
+
+    Returns:
+        `loopline.registry.history.AliasChange` (to_version, actor, at, action, reason) or None.
+    """
+    from loopline.registry.history import alias_change_at
+
+    with store.reader() as session:
+        return alias_change_at(session, model_name, alias, at)
+
+
+def previous_holder(events: pl.DataFrame, alias: str) -> int | None:
+    """The version a rollback of `alias` would return to: the source of its last move.
+
+    Args:
+        events: A `alias_events` frame (oldest first).
+    """
+    moves = events.filter(pl.col("alias") == alias).sort("revision")
+    return None if moves.is_empty() else moves["from_version"][-1]
