@@ -132,6 +132,10 @@ def open_app(browser: Any, url: str) -> Iterator[tuple[Any, list[str]]]:
     page.goto(url, wait_until="domcontentloaded")
     try:
         yield page, errors
+    except Exception:
+        # What the page showed when the test gave up: the first thing to look at.
+        shoot(page, "failure")
+        raise
     finally:
         page.close()
 

@@ -38,9 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 from sqlalchemy.orm import Session
 
 from loopline.lake.artifacts import ARTIFACT_ID, ArtifactError, ArtifactStore
@@ -48,6 +47,9 @@ from loopline.registry.models import audit, register_version
 from loopline.registry.names import RegistryError
 from loopline.store import Store
 from loopline.store.tables import ModelVersion
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +337,9 @@ def _header(model_text: str, limits: PackageLimits) -> _Header:
 
 
 def _booster(model_text: str, names: tuple[str, ...], num_trees: int) -> lgb.Booster:
+    # LightGBM (and the scikit-learn it imports) takes seconds to import: only loaders pay.
+    import lightgbm as lgb
+
     try:
         booster = lgb.Booster(model_str=model_text)
     except lgb.basic.LightGBMError as exc:
