@@ -17,6 +17,9 @@ from typing import Any
 import httpx
 
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+RETRY_STATUS = frozenset({429, 502, 503})
+"""Answers of a busy server, where the request did not take effect and may be sent again."""
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 
 
 class PrefectAPIError(RuntimeError):
@@ -65,10 +68,18 @@ class PrefectAPI:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise PrefectAPIError(f"Prefect server at {self.api_url} unreachable: {exc}") from exc
+        # A busy server on SQLite answers 503 when its database is locked (Prefect's own client
+        # retries these too): the request did not take effect, so it is safe to send again.
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise PrefectAPIError(
+                    f"Prefect server at {self.api_url} unreachable: {exc}"
+                ) from exc
+            if response.status_code not in RETRY_STATUS or delay is None:
+                break
+            time.sleep(delay)
         if response.status_code >= 400 and response.status_code != 404:
             raise PrefectAPIError(
                 f"{method} {self.api_url}{path} -> {response.status_code}: {response.text[:500]}"
