@@ -210,6 +210,74 @@ def test_prefect_deployment_run_from_another_shell_trains_again(platform: dict[s
     assert {r["kind"] for r in runs["runs"]} >= {"ingest", "features", "train", "promote"}
 
 
+def _champion(env: dict[str, str]) -> int:
+    store = Store.open(_settings(env), migrate=False)
+    try:
+        with store.reader() as session:
+            found = registry.get_alias(session, SPEC.model_name, registry.CHAMPION)
+            assert found is not None
+            return found.model_version.version
+    finally:
+        store.dispose()
+
+
+def _registry_events(api_url: str, wanted: set[str]) -> list[dict]:
+    """The server's loopline registry events, once every name in `wanted` is among them."""
+    deadline = time.monotonic() + 60
+    while True:  # the server persists events in batches, a few seconds after they arrive
+        body = {"filter": {"event": {"prefix": ["loopline."]}}, "limit": 50}
+        found = httpx.post(f"{api_url}/events/filter", json=body, timeout=10).json()["events"]
+        if wanted <= {e["event"] for e in found} or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
+def test_promote_and_rollback_deployments_move_champion_and_send_events(
+    platform: dict[str, str],
+) -> None:
+    api_url = f"http://127.0.0.1:{platform['LOOPLINE_PREFECT_PORT']}/api"
+    env = platform | {"PREFECT_API_URL": api_url}
+
+    def run(deployment: str, *params: str) -> None:
+        args = [BIN / "prefect", "deployment", "run", deployment, "--watch"]
+        for param in params:
+            args += ["-p", param]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    # Version 2 takes champion (by override of its gates if they failed: a model-risk role).
+    run(
+        "promote/loopline", "version=2", "override=true", "reason=e2e: take the retrained model",
+        "role=model-risk", "actor=e2e-tester",
+    )  # fmt: skip
+    assert _champion(platform) == 2
+    run("rollback/loopline", "reason=e2e: back to the first model", "actor=e2e-tester")
+    assert _champion(platform) == 1
+
+    found = _registry_events(api_url, {"loopline.model.promoted", "loopline.model.rolled_back"})
+    rolled_back = [e for e in found if e["event"] == "loopline.model.rolled_back"]
+    assert len(rolled_back) == 1, found
+    event = rolled_back[0]
+    assert event["resource"]["prefect.resource.id"] == f"loopline.model.{SPEC.model_name}"
+    assert (event["payload"]["from"], event["payload"]["to"]) == (2, 1)
+    assert event["payload"]["actor"] == "e2e-tester"
+    assert event["payload"]["reason"] == "e2e: back to the first model"
+    promoted_to = {e["payload"]["to"] for e in found if e["event"] == "loopline.model.promoted"}
+    assert promoted_to >= {1, 2}  # the first pipeline's promotion, and version 2's
+
+    store = Store.open(_settings(platform), migrate=False)
+    try:
+        with store.reader() as session:
+            actions = [
+                a.action
+                for a in session.scalars(select(AuditEvent).where(AuditEvent.actor == "e2e-tester"))
+            ]
+    finally:
+        store.dispose()
+    assert actions.count("alias.rollback") == 1
+    assert "alias.refused" not in actions
+
+
 def test_down_stops_everything(platform: dict[str, str]) -> None:
     done = _loopline(platform, "down")
     assert done.returncode == 0, done.stderr
