@@ -15,6 +15,7 @@ st.set_page_config(page_title="loopline", page_icon=":material/all_inclusive:", 
 page = st.navigation(
     [
         st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+        st.Page("views/data.py", title="Data", icon=":material/database:"),
         st.Page("views/runs.py", title="Runs", icon=":material/play_circle:"),
         st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("views/models.py", title="Models", icon=":material/model_training:"),

@@ -3,7 +3,10 @@
 `populate(store)` writes a small but realistic history through the SQLAlchemy models: data
 ingested twice, features built, two trainings registering fraud-detector v1 and v2 (with gate
 verdicts and dataset lineage), a failed training, the champion moved v1 -> v2 with its alias
-history, and three monitoring windows of drift results with one open alert.
+history, three monitoring windows of drift results with one open alert, and four ingest
+batches (one quarantining rows, one rejected).
+
+`real_lake` is a home built by the real ingest and features stages, for the Data page.
 
 `training_home` is a store of real training runs (`write_training_runs`: LightGBM through the
 train stage's `fit_and_record`, with its importance, SHAP and evaluation-report artifacts), for
@@ -12,6 +15,7 @@ run search, comparison and the Evaluation tab.
 
 from __future__ import annotations
 
+import csv
 import json
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from loopline.store.tables import (
     Alias,
     AliasEvent,
     Artifact,
+    DataBatch,
     DatasetVersion,
     DriftResult,
     GateResult,
@@ -145,6 +150,7 @@ def populate(store: Store) -> None:
             )
             for dv_id, name, version, rows, run_id, hours in datasets
         )
+        s.add_all(_batches())
         s.add(Model(name=MODEL, use_case="fraud", created_at=_at(1)))
         s.flush()
         for number, run_id, metrics, hours, artifact in (
@@ -292,6 +298,57 @@ def populate(store: Store) -> None:
                 created_at=_at(96),
             )
         )
+
+
+REJECTED_RULE = {
+    "column": "amount",
+    "rule": "not_null",
+    "severity": "hard",
+    "failures": 3,
+    "examples": [{"column": "amount", "rule": "not_null", "value": None, "row": 17,
+                  "source": "tx-day3.csv", "severity": "hard"}],
+}  # fmt: skip
+QUARANTINE_RULE = {
+    "column": "hour",
+    "rule": "between 0 and 23",
+    "severity": "soft",
+    "failures": 40,
+    "examples": [{"column": "hour", "rule": "between 0 and 23", "value": 25, "row": 4,
+                  "source": "tx-day2.csv", "severity": "soft"}],
+}  # fmt: skip
+
+
+def _batch(batch_id: str, dataset: str, hours: float, **fields: Any) -> DataBatch:
+    source = fields.pop("source", f"{dataset}-{batch_id}.csv")
+    return DataBatch(
+        id=batch_id,
+        dataset=dataset,
+        use_case="fraud",
+        sources={"files": [{"name": source, "path": f"/raw/{source}", "format": "csv",
+                            "bytes": 81920, "rows": fields.get("rows_in"),
+                            "sha256": "9" * 64}]},
+        created_at=_at(hours),
+        finished_at=_at(hours) + timedelta(seconds=3),
+        **fields,
+    )  # fmt: skip
+
+
+def _batches() -> list[DataBatch]:
+    """Ingest batches: two committed transactions batches (one with quarantined rows), a
+    committed labels batch and a rejected transactions batch with a hard rule broken."""
+    return [
+        _batch("batch-tx0", "transactions", 0, status="committed", run_id="ingest01",
+               rows_in=5000, rows_accepted=5000, table_version=0),
+        _batch("batch-tx1", "transactions", 24, status="committed", run_id="ingest02",
+               rows_in=5240, rows_accepted=5200, rows_quarantined=40, table_version=1,
+               rules={"results": [QUARANTINE_RULE]},
+               source="tx-day2.csv", message="40 of 5240 rows fail soft rules"),
+        _batch("batch-lb0", "labels", 24, status="committed", run_id="ingest02",
+               rows_in=9800, rows_accepted=9800, table_version=0),
+        _batch("batch-tx2", "transactions", 30, status="rejected", rows_in=1200,
+               rules={"results": [REJECTED_RULE]}, source="tx-day3.csv",
+               message="transactions: 3 rows break hard rules (amount not_null)"),
+    ]  # fmt: skip
 
 
 def _home(path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
@@ -655,3 +712,70 @@ def two_person_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry
     path.write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("LOOPLINE_USE_CASE", str(path))
     return registry
+
+
+# --- a real lake for the Data page: the ingest stage, then Feast -------------------------------
+
+
+@dataclass(frozen=True)
+class RealLake:
+    """A home built by the real stages: what the Data page reads, and how one ingest failed."""
+
+    settings: Settings
+    rejected_message: str
+
+
+def _extra_transactions(raw: Path, out: Path, *, rows: int, bad_hour_row: int) -> Path:
+    """A copy of the last `rows` demo transactions under new ids, one row's hour out of range."""
+    from loopline.spec import load_spec
+
+    events = load_spec("fraud").events
+    source = sorted((raw / events.table).glob("*.csv"))[-1]
+    with source.open(newline="") as handle:
+        records = list(csv.DictReader(handle))[-rows:]
+    for i, record in enumerate(records):
+        record[events.id] = f"extra-{out.stem}-{i}"
+        if i == bad_hour_row:
+            record["hour"] = "25"
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_lake_built(tmp_path_factory: pytest.TempPathFactory) -> RealLake:
+    """Demo data ingested (then one batch quarantining a row, one rejected as a duplicate),
+    features built and materialized through Feast. Built once per session; read only."""
+    from loopline.data.contracts import ContractError
+    from loopline.spec import load_spec
+    from loopline.stages import run_ingest, write_demo_data
+    from loopline.stages.features import run_features
+
+    spec = load_spec("fraud")
+    home = tmp_path_factory.mktemp("real-lake")
+    settings = Settings(home=home)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("LOOPLINE_DATABASE_URL", raising=False)
+        env.delenv("LOOPLINE_HOME", raising=False)
+        write_demo_data(settings, days=24, customers=60, seed=5)
+        run_ingest(settings, spec)
+        extra = home / "extra"
+        extra.mkdir()
+        late = _extra_transactions(settings.raw_dir, extra / "late.csv", rows=40, bad_hour_row=3)
+        run_ingest(settings, spec, paths={spec.events.table: [late]})
+        duplicate = extra / "duplicate.csv"
+        duplicate.write_text(late.read_text())  # the same ids again: a hard rule
+        with pytest.raises(ContractError) as caught:
+            run_ingest(settings, spec, paths={spec.events.table: [duplicate]})
+        run_features(settings, spec)
+    return RealLake(settings, str(caught.value).splitlines()[0])
+
+
+@pytest.fixture
+def real_lake(real_lake_built: RealLake, monkeypatch: pytest.MonkeyPatch) -> RealLake:
+    """`real_lake_built`, with LOOPLINE_HOME pointing at it (for the app)."""
+    monkeypatch.setenv("LOOPLINE_HOME", str(real_lake_built.settings.home))
+    monkeypatch.delenv("LOOPLINE_DATABASE_URL", raising=False)
+    return real_lake_built

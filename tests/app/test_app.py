@@ -20,7 +20,13 @@ if TYPE_CHECKING:  # conftest is not importable as a module; these are its fixtu
     from conftest import Facts, Home
 
 MAIN = Path(__file__).resolve().parents[2] / "app" / "main.py"
-PAGES = ["views/overview.py", "views/runs.py", "views/models.py", "views/monitoring.py"]
+PAGES = [
+    "views/overview.py",
+    "views/runs.py",
+    "views/models.py",
+    "views/monitoring.py",
+    "views/data.py",
+]
 TIMEOUT_S = 30
 
 

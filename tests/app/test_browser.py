@@ -216,7 +216,7 @@ def test_an_empty_store_shows_the_friendly_message_in_a_real_browser(
     browser: Any, empty_home: Home
 ) -> None:
     with streamlit_server(empty_home.path) as url, open_app(browser, url) as (page, errors):
-        for title in ("Overview", "Runs", "Models", "Monitoring"):
+        for title in ("Overview", "Data", "Runs", "Models", "Monitoring"):
             if title != "Overview":
                 go(page, title)
             page.get_by_role("heading", name=title, level=1).wait_for()

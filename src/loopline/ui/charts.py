@@ -497,3 +497,94 @@ def alias_timeline_at(events: pl.DataFrame, at: datetime) -> alt.LayerChart:
         text="label:N", y=alt.value(0)
     )
     return alt.layer(alias_timeline(events), rule, label)
+
+
+OUTCOME_COLORS = {"accepted": "#54a24b", "quarantined": "#eeca3b", "rejected": "#e45756"}
+
+
+def batch_volumes(volumes: pl.DataFrame, *, newest: int = 60) -> alt.Chart:
+    """Rows of each ingest batch by outcome (accepted, quarantined, rejected), stacked, one bar
+    per batch in ingest order (batches of one run are seconds apart: a time axis would pile
+    them up), labelled with its dataset, time and id.
+
+    Args:
+        volumes: a `data_queries.batch_volumes` frame.
+        newest: draw at most this many of the newest batches.
+    """
+    keep = volumes.unique("id").sort("created_at", "id").tail(newest)["id"].implode()
+    data = (
+        volumes.filter(pl.col("id").is_in(keep))
+        .sort("created_at", "id")
+        .with_columns(
+            batch=pl.format(
+                "{} · {} · {}",
+                pl.col("dataset"),
+                pl.col("created_at").dt.strftime("%m-%d %H:%M:%S"),
+                pl.col("id").str.head(6),
+            )
+        )
+        .to_pandas()
+    )
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            x=alt.X(
+                "batch:O",
+                title="batch (dataset · ingest time UTC · id)",
+                sort=None,
+                axis=alt.Axis(labelAngle=-30, labelLimit=320),
+            ),
+            y=alt.Y("sum(rows):Q", title="rows", stack="zero"),
+            color=alt.Color(
+                "outcome:N",
+                title=None,
+                scale=alt.Scale(domain=list(OUTCOME_COLORS), range=list(OUTCOME_COLORS.values())),
+            ),
+            tooltip=["dataset", "created_at", "status", "outcome", "rows", "id"],
+        )
+        .properties(height=300)
+    )
+
+
+def feature_lag(freshness: pl.DataFrame) -> alt.LayerChart:
+    """Hours each feature view's online store is behind now, split into built and not built.
+
+    The bar's first part is how far the offline table itself is behind (nothing newer to
+    serve); the second is rows already built but not yet materialized online (`pending_h`).
+
+    Args:
+        freshness: a `data_queries.freshness_table` frame.
+    """
+    data = (
+        freshness.filter(pl.col("lag_h").is_not_null())
+        .with_columns(built_h=pl.col("lag_h") - pl.col("pending_h").fill_null(0.0))
+        .unpivot(index="view", on=["built_h", "pending_h"], variable_name="part", value_name="h")
+        .with_columns(
+            part=pl.col("part").replace_strict(
+                {"built_h": "no newer data", "pending_h": "built, not materialized"}
+            ),
+            order=(pl.col("part") == "pending_h").cast(pl.Int8),
+        )
+        .filter(pl.col("h").fill_null(0.0) > 0)
+        .to_pandas()
+    )
+    bars = (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            y=alt.Y("view:N", title=None, sort="-x"),
+            x=alt.X("sum(h):Q", title="hours behind now"),
+            color=alt.Color(
+                "part:N",
+                title=None,
+                scale=alt.Scale(
+                    domain=["no newer data", "built, not materialized"],
+                    range=[OTHER_COLOR, WORST_COLOR],
+                ),
+            ),
+            order=alt.Order("order:Q"),
+            tooltip=["view", "part", alt.Tooltip("h", format=".1f", title="hours")],
+        )
+    )
+    return alt.layer(bars).properties(height=_bar_height(freshness.height))

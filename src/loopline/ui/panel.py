@@ -1,9 +1,10 @@
 """Streamlit glue for the control panel: one cached Store per URL, cached queries, shared bits.
 
 The entry point (`app/main.py`) builds `Settings()` and calls `install(settings)`; pages call
-`current_panel()` and read through `panel.query(queries.some_query, **params)`. Results are
-cached per store URL, query and arguments for `TTL_S` seconds, so a page shows data at most
-that old and a rerun (a filter change) costs no database round trip.
+`current_panel()` and read through `panel.query(queries.some_query, **params)` (the metadata
+store) or `panel.read(some_read)` (a function of the settings: the feature store). Results are
+cached per store URL (or settings), query and arguments for `TTL_S` seconds, so a page shows
+data at most that old and a rerun (a filter change) costs no database round trip.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def _cached_query(
     return _query(_store, **dict(params))
 
 
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _cached_read(
+    name: str, settings_json: str, _read: Callable[..., Any], _settings: Settings
+) -> Any:
+    return _read(_settings)
+
+
 @dataclass(frozen=True)
 class Panel:
     """What a page needs: the settings, the store, and cached read access to it."""
@@ -58,6 +66,12 @@ class Panel:
         )
         key = f"{query.__module__}.{query.__qualname__}"
         return _cached_query(key, self.settings.metadata_url, frozen, query, self.store)
+
+    def read(self, read: Callable[[Settings], T]) -> T:
+        """Run `read(settings)` through the data cache: for what lives outside the store
+        (the feature store, the lake), keyed by the whole settings."""
+        key = f"{read.__module__}.{read.__qualname__}"
+        return _cached_read(key, self.settings.model_dump_json(), read, self.settings)
 
     @property
     def primary_metric(self) -> str | None:
