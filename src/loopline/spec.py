@@ -688,6 +688,30 @@ class PromotionSpec(_Strict):
         return self
 
 
+class ServingSpec(_Strict):
+    """How the prediction API serves the use case.
+
+    A model version holding `canary_alias` answers `canary_share` of the traffic, chosen by a
+    hash of the request's `sticky_key` (the same entity always gets the same model); one
+    holding `shadow_alias` scores every request off the critical path, logged and never
+    returned. Moving or deleting those aliases changes the routing without a restart.
+    """
+
+    canary_alias: str = Field(default="canary", pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    canary_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    shadow_alias: str = Field(default="shadow", pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    sticky_key: str | None = Field(
+        default=None, description="Join key the canary split hashes; default the first one."
+    )
+    max_event_delay: Duration = Field(
+        default=timedelta(days=2), description="Oldest event time a request may carry."
+    )
+    max_clock_skew: Duration = Field(
+        default=timedelta(minutes=5), description="How far in the future an event time may be."
+    )
+    max_batch_rows: int = Field(default=1_000, ge=1, le=100_000)
+
+
 class UseCaseSpec(_Strict):
     """A whole use case."""
 
@@ -707,9 +731,13 @@ class UseCaseSpec(_Strict):
     gates: list[AnyGate] = Field(default_factory=list)
     drift: DriftSpec = DriftSpec()
     promotion: PromotionSpec = PromotionSpec()
+    serving: ServingSpec = ServingSpec()
 
     @model_validator(mode="after")
     def _check(self) -> UseCaseSpec:
+        keys = [e.join_key for e in self.entities]
+        if self.serving.sticky_key is not None and self.serving.sticky_key not in keys:
+            raise ValueError(f"serving.sticky_key '{self.serving.sticky_key}' is not a join key")
         if self.primary_metric not in self.metrics:
             raise ValueError(f"primary_metric '{self.primary_metric}' is not in 'metrics'")
         unknown = [m for m in self.metrics if m not in TASK_METRICS[self.task]]

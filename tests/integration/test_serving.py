@@ -189,7 +189,9 @@ def wait_for_champion(api: Server, version: int) -> None:
 
 def test_predict_lifecycle_and_live_promotion(home: Home, api: Server) -> None:
     # No champion yet: the process is up, predictions are refused with a reason.
-    assert api.client.get("/health").json() == {"status": "ok", "champion": None}
+    health = api.client.get("/health").json()
+    assert (health["status"], health["champion"], health["canary"]) == ("ok", None, None)
+    assert api.client.get("/ready").status_code == 503
     refused = api.client.post("/predict", json=VALID)
     assert refused.status_code == 503
     assert "no champion" in refused.json()["detail"]
@@ -308,7 +310,8 @@ def test_feast_unavailable_is_503_with_reason(tmp_path: Path) -> None:
     home = make_home(tmp_path)  # its feature_repo folder does not exist
     home.promote(1)
     with serve(create_app(home.settings, refresh_s=REFRESH_S)) as api:
-        assert api.client.get("/health").json() == {"status": "ok", "champion": 1}
+        assert api.client.get("/health").json()["champion"] == 1
+        assert "features unavailable" in api.client.get("/ready").json()["reason"]
         response = api.client.post("/predict", json=VALID)
         assert response.status_code == 503
         assert "feature store unavailable" in response.json()["detail"]

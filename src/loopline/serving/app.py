@@ -1,172 +1,101 @@
-"""The prediction API: FastAPI over the champion, Feast's online store and the shared transform.
+"""The prediction API: FastAPI routers over the prediction service.
 
-Run it with `uvicorn --factory loopline.serving.app:create_app` (settings from LOOPLINE_*).
+Run it with `uvicorn --factory loopline.serving.app:create_app` (settings from LOOPLINE_*), or
+`loopline serve`.
 
-`POST /predict` validates the body against the use case's contract, fetches the entity features
-of the champion's feature service from Feast's online store, turns request fields plus features
-into model inputs with the one transform training uses (`loopline.features.transform`), scores
-with the champion, appends the prediction to the prediction log, and answers. The champion is
-re-checked every `refresh_s` seconds in the background and swapped without a restart.
+`create_app` only wires: the body models come from the use case (`schemas`), the routes are thin
+(`routes`), the work is in plain functions (`scoring`) and in the service object opened at
+startup (`service.PredictionService`: model caches per alias, online features, prediction log,
+shadow worker). Every model alias the service follows is re-checked every `refresh_s` seconds
+in the background and swapped atomically, so a promotion or rollback is picked up without a
+restart and without a dropped request.
+
+Errors map the same way on every route: a body that breaks the contract or a rule is a 422
+whose `message` names the field (no input is echoed back), no champion / no features / a log
+that refuses is a 503 with the reason, a model that cannot be fed is a 500.
 """
 
-# No `from __future__ import annotations` here: FastAPI must see the request model built inside
-# `create_app` as a real annotation, not as a string it cannot resolve from module globals.
+from __future__ import annotations
 
 import asyncio
 import contextlib
 import importlib
 import logging
-import math
-import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
-from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-import polars as pl
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from loopline.features.feast_ops import NOT_FOUND
 from loopline.lake.artifacts import ArtifactStore
-from loopline.serving.model_cache import LoadedModel, ModelCache
+from loopline.registry.models import CHAMPION
+from loopline.serving.model_cache import ModelCache
+from loopline.serving.online import FeatureLookup, OnlineFeatures
 from loopline.serving.prediction_log import PredictionLog
+from loopline.serving.routes import events_router, predict_router, status_router
 from loopline.serving.schemas import (
-    HealthResponse,
-    ModelResponse,
-    PredictionResponse,
+    batch_request_model,
+    events_request_model,
     prediction_request_model,
 )
+from loopline.serving.scoring import InputTransform, RequestError, ScoringError
+from loopline.serving.service import PredictionService, ServiceUnavailable
 from loopline.settings import Settings
-from loopline.spec import UseCaseSpec, load_spec
+from loopline.spec import load_spec
 from loopline.store import Store
-from loopline.store.tables import utcnow
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_S = 2.0
 
-FeatureLookup = Callable[[Sequence[Mapping[str, Any]], str], list[dict[str, Any]]]
-"""(rows holding the entity join keys, feature service name) -> one dict of features per row."""
-
-
-class InputTransform(Protocol):
-    """What serving needs of `loopline.features.transform` (the module satisfies this)."""
-
-    def model_inputs(
-        self, frame: pl.DataFrame, spec: UseCaseSpec, service: str | None = None
-    ) -> pl.DataFrame: ...
-
-    def to_numpy(self, frame: pl.DataFrame) -> np.ndarray: ...
-
-
-_POLARS_TYPES: dict[str, pl.DataType] = {
-    "int": pl.Int64(),
-    "float": pl.Float64(),
-    "string": pl.String(),
-    "category": pl.String(),
-    "bool": pl.Boolean(),
-    "datetime": pl.Datetime("us", "UTC"),
-}
-
-
-class _Features:
-    """Feature lookups: an injected callable, or Feast's online store opened once and kept."""
-
-    RETRY_S = 5.0
-
-    def __init__(self, settings: Settings, lookup: FeatureLookup | None) -> None:
-        self._settings = settings
-        self._lookup = lookup
-        self._lock = threading.Lock()
-        self._attempted = -math.inf
-        self.error: str | None = None
-
-    def open(self, *, retry: bool = False) -> None:
-        """Open Feast (only if no lookup was injected); remember the error if it fails.
-
-        With `retry`, a failed open is tried again at most every RETRY_S seconds.
-        """
-        with self._lock:
-            if self._lookup is not None:
-                return
-            if retry and time.monotonic() - self._attempted < self.RETRY_S:
-                return
-            self._attempted = time.monotonic()
-            try:
-                from loopline.features import feast_ops
-
-                store = feast_ops.open_store(self._settings)
-            except Exception as exc:  # serve /health anyway; /predict reports it
-                self.error = f"{type(exc).__name__}: {exc}"
-                log.exception("opening the Feast feature store failed")
-                return
-            self._lookup = partial(feast_ops.online_features, store, unknown="report")
-            self.error = None
-
-    def __call__(self, rows: Sequence[Mapping[str, Any]], service: str) -> list[dict[str, Any]]:
-        if self._lookup is None:
-            self.open(retry=True)  # the store may have been applied since startup
-        if self._lookup is None:
-            raise HTTPException(503, f"feature store unavailable: {self.error}")
-        return self._lookup(rows, service)
-
-
-def request_frame(row: Mapping[str, Any], spec: UseCaseSpec) -> pl.DataFrame:
-    """A one-row frame of request fields and features, typed like the training frame.
-
-    Contract columns get their contract type; a feature Feast has no value for (None) becomes a
-    Float64 null, so the transform sees the same types online as in training.
-    """
-    schema: dict[str, pl.DataType] = {}
-    for name, value in row.items():
-        rule = spec.events.columns.get(name)
-        if rule is not None:
-            schema[name] = _POLARS_TYPES[rule.type]
-        elif value is None:
-            schema[name] = pl.Float64()
-    return pl.DataFrame({name: [value] for name, value in row.items()}, schema_overrides=schema)
+__all__ = ["FeatureLookup", "InputTransform", "create_app"]
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    """422 whose `message` names each bad field and the rule it broke; `detail` as FastAPI's."""
+    """422 whose `message` names each bad field and the rule it broke; `detail` as FastAPI's,
+    without the offending input (it may be huge, or NaN, which JSON cannot carry)."""
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     parts = []
+    detail = []
     for error in errors:
         if error.get("type") == "json_invalid":  # loc is ("body", character position)
-            detail = error.get("ctx", {}).get("error", "")
-            parts.append(f"body: not valid JSON ({detail} at character {error['loc'][-1]})")
-            continue
-        path = [str(p) for p in error.get("loc", ()) if p != "body"]
-        parts.append(f"{'.'.join(path) or 'body'}: {error.get('msg', 'invalid')}")
-    return JSONResponse(
-        status_code=422,
-        content={"detail": jsonable_encoder(errors), "message": "; ".join(parts)},
-    )
+            reason = error.get("ctx", {}).get("error", "")
+            parts.append(f"body: not valid JSON ({reason} at character {error['loc'][-1]})")
+        else:
+            path = [str(p) for p in error.get("loc", ()) if p != "body"]
+            parts.append(f"{'.'.join(path) or 'body'}: {error.get('msg', 'invalid')}")
+        detail.append(
+            {
+                "loc": [str(p) for p in error.get("loc", ())],
+                "msg": str(error.get("msg", "")),
+                "type": str(error.get("type", "")),
+            }
+        )
+    return JSONResponse(status_code=422, content={"detail": detail, "message": "; ".join(parts)})
 
 
-def _no_model(cache: ModelCache) -> HTTPException:
-    if cache.last_error:
-        reason = f"loading it failed: {cache.last_error}"
-    else:
-        reason = f"model '{cache.model_name}' has no version with alias '{cache.alias}'"
-    return HTTPException(
-        503, f"no {cache.alias} yet: {reason}; train and promote one (`loopline promote`)"
-    )
+def _request_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestError)
+    detail = [{"loc": ["body", *exc.field.split(".")], "msg": str(exc), "type": "value_error"}]
+    return JSONResponse(status_code=422, content={"detail": detail, "message": str(exc)})
 
 
-async def _refresh_forever(cache: ModelCache, every_s: float) -> None:
+def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+
+def _scoring_error(_: Request, exc: Exception) -> JSONResponse:
+    log.error("scoring failed: %s", exc)
+    return JSONResponse(status_code=500, content={"detail": str(exc)})
+
+
+async def _refresh_forever(service: PredictionService, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
-        await asyncio.to_thread(cache.refresh)
+        await asyncio.to_thread(service.refresh)
 
 
 def create_app(
@@ -175,19 +104,21 @@ def create_app(
     feature_lookup: FeatureLookup | None = None,
     transform: InputTransform | None = None,
     refresh_s: float | None = None,
+    fresh: bool | None = None,
 ) -> FastAPI:
     """Build the prediction API (an app factory for `uvicorn --factory`).
 
-    Nothing is opened here: the metadata store, the champion and the Feast store are opened
-    once, at startup (lifespan), and closed at shutdown.
+    Nothing is opened here: the metadata store, the models, the features and the prediction log
+    are opened once, at startup (lifespan), and closed at shutdown.
 
     Args:
         settings: Configuration; `Settings()` (LOOPLINE_* environment) when None.
-        feature_lookup: Replaces the Feast online-store lookup (tests, custom stores).
+        feature_lookup: Replaces the Feast online-store read (tests, custom stores); windowed
+            views are then not served fresh unless `fresh` is True.
         transform: Replaces `loopline.features.transform` (tests only: it is the one
             transformation training uses, and serving must not have another).
-        refresh_s: How often the champion alias is re-checked; default the setting
-            `model_refresh_s` if present, else 2 seconds.
+        refresh_s: How often the aliases are re-checked; default the setting `model_refresh_s`.
+        fresh: Serve windowed views fresh (default: when Feast is used).
     """
     settings = settings if settings is not None else Settings()
     spec = load_spec(settings.use_case)
@@ -196,143 +127,54 @@ def create_app(
         if transform is not None
         else importlib.import_module("loopline.features.transform")  # type: ignore[assignment]
     )
-    every_s = float(
-        refresh_s
-        if refresh_s is not None
-        else getattr(settings, "model_refresh_s", DEFAULT_REFRESH_S)
-    )
+    every_s = float(refresh_s if refresh_s is not None else settings.model_refresh_s)
     if every_s <= 0:
         raise ValueError(f"refresh_s: must be > 0, got {every_s}")
-    RequestModel = prediction_request_model(spec)
-    features = _Features(settings, feature_lookup)
-    runtime: dict[str, Any] = {}
+    request_model = prediction_request_model(spec)
+    online = OnlineFeatures(settings, spec, lookup=feature_lookup, fresh=fresh)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await asyncio.to_thread(Store.open, settings)
-        cache = ModelCache(store, ArtifactStore(settings.artifacts_dir), spec.model_name)
-        await asyncio.to_thread(cache.refresh)
-        await asyncio.to_thread(features.open)
-        prediction_log = PredictionLog(settings.prediction_log_dir)
-        runtime.update(cache=cache, log=prediction_log)
-        refresher = asyncio.create_task(_refresh_forever(cache, every_s))
+        artifacts = ArtifactStore(settings.artifacts_dir)
+        aliases = {
+            CHAMPION: CHAMPION,
+            "canary": spec.serving.canary_alias,
+            "shadow": spec.serving.shadow_alias,
+        }
+        caches = {
+            role: ModelCache(store, artifacts, spec.model_name, alias=alias)
+            for role, alias in aliases.items()
+        }
+        prediction_log = await asyncio.to_thread(PredictionLog, settings.prediction_log_dir)
+        service = PredictionService(
+            spec, caches=caches, online=online, prediction_log=prediction_log, transform=shared
+        )
+        await asyncio.to_thread(service.refresh)
+        await asyncio.to_thread(online.open)
+        app.state.service = service
+        refresher = asyncio.create_task(_refresh_forever(service, every_s))
         try:
             yield
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-            prediction_log.close()
+            await asyncio.to_thread(service.close)
+            await asyncio.to_thread(online.close)
+            await asyncio.to_thread(prediction_log.close)
             store.dispose()
 
-    app = FastAPI(title="loopline prediction API", version="1", lifespan=lifespan)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-
-    def score(
-        model: LoadedModel, body: BaseModel, now: datetime
-    ) -> tuple[dict[str, Any], dict[str, Any], float, list[str]]:
-        fields = body.model_dump(exclude={"request_id"})
-        keys = {key: fields[key] for key in spec.entity_keys}
-        try:
-            found = features([keys], model.feature_service)[0]
-        except HTTPException:
-            raise
-        except Exception as exc:
-            log.exception("feature lookup failed")
-            raise HTTPException(
-                503, f"feature lookup failed for service '{model.feature_service}': {exc}"
-            ) from exc
-        # Entities the online store has never seen (a brand-new customer is normal traffic, and
-        # training saw the same missing values): scored, and reported in the response and log.
-        unknown = [str(entity) for entity in found.pop(NOT_FOUND, [])]
-        # Request fields win over anything the lookup echoes back (e.g. the join keys).
-        row = {
-            **{k: v for k, v in found.items() if k not in fields},
-            **fields,
-            spec.events.timestamp: now,
-        }
-        try:
-            # The model's own service: a champion pinned to an older service keeps its inputs.
-            inputs = shared.model_inputs(request_frame(row, spec), spec, model.feature_service)
-        except ValueError as exc:  # e.g. a feature of a type the transform cannot encode
-            log.exception("building model inputs failed")
-            raise HTTPException(500, f"building model inputs failed: {exc}") from exc
-        missing = [name for name in model.inputs if name not in inputs.columns]
-        if missing:
-            raise HTTPException(
-                500,
-                f"model {model.model_name} v{model.version} expects inputs the transform did "
-                f"not produce: {', '.join(missing)}",
-            )
-        matrix = shared.to_numpy(inputs.select(model.inputs))
-        value = float(model.booster.predict(matrix, num_threads=1)[0])
-        by_name = dict(zip(model.inputs, matrix[0].tolist(), strict=True))
-        return fields, by_name, value, unknown
-
-    @app.post("/predict", response_model=PredictionResponse)
-    def predict(body: RequestModel) -> PredictionResponse:  # type: ignore[valid-type]
-        """Score one event with the champion; features come from Feast's online store."""
-        cache: ModelCache = runtime["cache"]
-        model = cache.current()
-        if model is None:
-            raise _no_model(cache)
-        request_id = body.request_id or uuid.uuid4().hex
-        now = utcnow()
-        fields, inputs, value, unknown = score(model, body, now)
-        record = {
-            "request_id": request_id,
-            "ts": now,
-            "model_name": model.model_name,
-            "model_version": model.version,
-            "model_version_id": model.version_id,
-            "feature_service": model.feature_service,
-            "alias": model.alias,
-            "request": fields,
-            "inputs": inputs,
-            "score": value,
-            "unknown_entities": unknown,
-        }
-        try:
-            runtime["log"].append(record)
-        except OSError as exc:
-            # An unlogged prediction cannot be traced or monitored: refuse it.
-            log.exception("prediction log write failed")
-            raise HTTPException(503, f"prediction log write failed: {exc}") from exc
-        return PredictionResponse(
-            score=value,
-            model_name=model.model_name,
-            model_version=model.version,
-            request_id=request_id,
-            feature_service=model.feature_service,
-            unknown_entities=unknown,
-        )
-
-    @app.get("/health", response_model=HealthResponse)
-    def health() -> HealthResponse:
-        """200 whenever the process is up, with the champion version it serves (or null)."""
-        cache: ModelCache | None = runtime.get("cache")
-        model = cache.current() if cache is not None else None
-        return HealthResponse(champion=model.version if model else None)
-
-    @app.get("/model", response_model=ModelResponse)
-    def current_model() -> ModelResponse:
-        """The champion this process serves right now; 503 if there is none."""
-        cache: ModelCache = runtime["cache"]
-        model = cache.current()
-        if model is None:
-            raise _no_model(cache)
-        return ModelResponse(
-            model_name=model.model_name,
-            alias=model.alias,
-            version=model.version,
-            model_version_id=model.version_id,
-            revision=model.revision,
-            feature_service=model.feature_service,
-            inputs=list(model.inputs),
-            artifact_id=model.artifact_id,
-            loaded_at=model.loaded_at,
-            checked_at=cache.checked_at,
-            last_error=cache.last_error,
-        )
-
+    app = FastAPI(title="loopline prediction API", version="2", lifespan=lifespan)
+    handlers: dict[Any, Any] = {
+        RequestValidationError: _validation_error,
+        RequestError: _request_error,
+        ServiceUnavailable: _unavailable,
+        ScoringError: _scoring_error,
+    }
+    for kind, handler in handlers.items():
+        app.add_exception_handler(kind, handler)
+    app.include_router(predict_router(request_model, batch_request_model(spec, request_model)))
+    app.include_router(events_router(events_request_model(spec)))
+    app.include_router(status_router())
     return app

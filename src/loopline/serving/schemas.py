@@ -9,9 +9,9 @@ integer), no unknown fields, no NaN or infinity.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict, create_model
 
 from loopline.spec import ColumnRule, UseCaseSpec
 
@@ -57,20 +57,81 @@ def request_fields(spec: UseCaseSpec) -> list[str]:
     return names
 
 
+# JSON carries times as ISO 8601 strings: parse them (strict mode would refuse a string), and
+# only with an offset (a naive time is ambiguous).
+_EventTime = Annotated[AwareDatetime, Strict(False)]
+FeatureValue = Annotated[float | int | bool | None, Field(allow_inf_nan=False)]
+
+
+def _event_fields(spec: UseCaseSpec) -> dict[str, Any]:
+    """Join keys, request fields, the event's own time and its id (both optional)."""
+    columns = spec.events.columns
+    fields: dict[str, Any] = {name: _field(columns[name]) for name in request_fields(spec)}
+    fields[spec.events.timestamp] = (
+        _EventTime | None,
+        Field(default=None, description="When the event happened (ISO 8601 with offset); "
+              "default: when the request arrives. Features are computed at this time."),
+    )  # fmt: skip
+    if spec.events.id and spec.events.id not in fields:
+        rule = columns.get(spec.events.id)
+        fields[spec.events.id] = (
+            str | None,
+            Field(
+                default=None,
+                pattern=REQUEST_ID_PATTERN,
+                max_length=rule.max_length if rule is not None else 64,
+                description="The event's id (default: the request id).",
+            ),
+        )
+    return fields
+
+
+def _title(spec: UseCaseSpec) -> str:
+    return "".join(part.capitalize() for part in spec.name.split("_"))
+
+
 def prediction_request_model(spec: UseCaseSpec) -> type[BaseModel]:
     """The pydantic model of `POST /predict` bodies for a use case.
 
     Join keys and request fields carry the spec's contract (type, min/max, declared categories);
-    `request_id` is optional, 1-64 characters of [A-Za-z0-9_-].
+    the event time (the spec's timestamp field) and the event id are optional; `request_id` is
+    optional, 1-64 characters of [A-Za-z0-9_-]; `features`, when given, is the full feature
+    payload of the model's feature service (then nothing is read from the feature store).
     """
-    columns = spec.events.columns
-    fields: dict[str, Any] = {name: _field(columns[name]) for name in request_fields(spec)}
+    fields = _event_fields(spec)
     fields["request_id"] = (
         str | None,
         Field(default=None, pattern=REQUEST_ID_PATTERN, description="Caller's id, echoed back."),
     )
-    title = "".join(part.capitalize() for part in spec.name.split("_"))
-    return create_model(f"{title}PredictionRequest", __base__=_StrictBody, **fields)
+    fields["features"] = (
+        dict[str, FeatureValue] | None,
+        Field(default=None, description="Every feature of the model's feature service."),
+    )
+    return create_model(f"{_title(spec)}PredictionRequest", __base__=_StrictBody, **fields)
+
+
+def batch_request_model(spec: UseCaseSpec, row: type[BaseModel]) -> type[BaseModel]:
+    """`POST /predict/batch` bodies: `{"rows": [<prediction request>, ...]}`."""
+    limit = spec.serving.max_batch_rows
+    return create_model(
+        f"{_title(spec)}BatchRequest",
+        __base__=_StrictBody,
+        rows=(list[row], Field(min_length=1, max_length=limit)),  # type: ignore[valid-type]
+    )
+
+
+def events_request_model(spec: UseCaseSpec) -> type[BaseModel]:
+    """`POST /events` bodies: `{"events": [<event>, ...]}`, events that are not scored."""
+    event = create_model(f"{_title(spec)}Event", __base__=_StrictBody, **_event_fields(spec))
+    limit = spec.serving.max_batch_rows
+    return create_model(
+        f"{_title(spec)}EventsRequest",
+        __base__=_StrictBody,
+        events=(list[event], Field(min_length=1, max_length=limit)),  # type: ignore[valid-type]
+    )
+
+
+Role = Literal["champion", "canary", "shadow"]
 
 
 class PredictionResponse(BaseModel):
@@ -79,18 +140,64 @@ class PredictionResponse(BaseModel):
     score: float
     model_name: str
     model_version: int
+    role: Role = Field(description="Which model answered: the champion or the canary.")
     request_id: str
+    event_id: str
+    event_timestamp: datetime = Field(description="The time the features were computed for.")
     feature_service: str
     unknown_entities: list[str] = Field(
         default_factory=list, description="Entities the online store has no features for."
     )
 
 
+class BatchPredictionResponse(BaseModel):
+    """What `POST /predict/batch` returns: one prediction per row, in order."""
+
+    predictions: list[PredictionResponse]
+
+
+class EventsResponse(BaseModel):
+    """What `POST /events` returns."""
+
+    accepted: int
+
+
+class ServedModel(BaseModel):
+    """One model version the service answers (or shadows) with."""
+
+    role: Role
+    alias: str
+    model_name: str
+    version: int
+    model_version_id: str
+    feature_service: str
+    loaded_at: datetime
+    share: float | None = Field(default=None, description="Canary: the share of traffic.")
+
+
+class ModelsResponse(BaseModel):
+    """What `GET /models` returns."""
+
+    models: list[ServedModel]
+
+
 class HealthResponse(BaseModel):
-    """What `GET /health` returns: the process is up; which champion version it serves."""
+    """What `GET /health` returns: the process is up; what it serves; its counters."""
 
     status: Literal["ok"] = "ok"
     champion: int | None
+    canary: int | None = None
+    shadow: int | None = None
+    prediction_log: dict[str, Any] = Field(default_factory=dict)
+    online: dict[str, Any] = Field(default_factory=dict)
+    shadow_queue: int = 0
+
+
+class ReadyResponse(BaseModel):
+    """What `GET /ready` returns (503 with the reason when not ready)."""
+
+    ready: bool
+    reason: str | None = None
 
 
 class ModelResponse(BaseModel):
