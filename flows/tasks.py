@@ -102,3 +102,23 @@ def monitor(settings: Settings, spec: UseCaseSpec, *, flow_run_id: str | None) -
     from loopline.stages import run_monitor
 
     return run_monitor(settings, spec, flow_run_id=flow_run_id)
+
+
+@task(name="score", **_TASK)
+def score(
+    settings: Settings,
+    spec: UseCaseSpec,
+    *,
+    source: str | None,
+    model: str | None,
+    out: str | None,
+    flow_run_id: str | None,
+) -> dict[str, Any]:
+    """Batch-score events into a new predictions table version (not retried: a retry would
+    write a second version)."""
+    from loopline.stages.score import run_score
+
+    result = run_score(
+        settings, spec, source=source, model_ref=model, out=out, flow_run_id=flow_run_id
+    )
+    return result.as_dict()

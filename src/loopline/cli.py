@@ -21,6 +21,7 @@ from rich.table import Table
 from loopline.cli_features import features_app
 from loopline.cli_models import models_app
 from loopline.cli_runs import runs_app
+from loopline.cli_score import score
 
 app = typer.Typer(
     name="loopline",
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+app.command("score")(score)
 
 console = Console()
 UseCase = Annotated[

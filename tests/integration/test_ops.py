@@ -345,6 +345,7 @@ def test_the_real_flows_deploy_with_their_pull_step_and_schedule(
             "pipeline.py:pipeline_flow", "ingest.py:ingest_flow", "features.py:features_flow",
             "train.py:train_flow", "deploy.py:promote_flow", "retrain.py:retrain_flow",
             "monitor.py:monitor_flow", "tune.py:tune_flow", "deploy.py:rollback_flow",
+            "score.py:score_flow",
         ]
     }  # fmt: skip
     for deployment in deployed.values():

@@ -194,8 +194,10 @@ def _parse_text(column: pl.Series, rule: ColumnRule) -> tuple[pl.Series, pl.Seri
     naive = dated & ~offset
     if n_aware:
         parsed = text.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
-    else:  # every value naive: read as UTC
+    elif naive.any():  # every value naive: read as UTC
         parsed = text.str.to_datetime(strict=False, time_unit="us").dt.replace_time_zone("UTC")
+    else:  # no value looks like a date: none parses (Polars cannot even infer a format)
+        parsed = pl.Series(text.name, [None] * text.len(), pl.Datetime("us", "UTC"))
     mixed = naive if n_aware and naive.any() else None
     return parsed, mixed
 
