@@ -138,17 +138,31 @@ def skew(
     service: Annotated[
         str | None, typer.Option(help="Feature service (default: the spec's).")
     ] = None,
-    sample: Annotated[int, typer.Option(min=1, max=100_000, help="Entities per view.")] = 200,
+    sample: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Entities per view (--served: requests).")
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    served: Annotated[
+        bool,
+        typer.Option(
+            "--served",
+            help="Compare what logged requests were served with the point-in-time offline "
+            "value at each request's time (run ingest and features build first).",
+        ),
+    ] = False,
     use_case: UseCase = "fraud",
 ) -> None:
-    """Compare online values with offline point-in-time values for sampled entities."""
+    """Compare online values with offline point-in-time values for sampled entities, or
+    (--served) what logged requests were served with the offline values at their times."""
     from loopline.cli import _context, _print, console
-    from loopline.stages.features import run_feature_skew
+    from loopline.stages.features import run_feature_skew, run_served_skew
 
     settings, spec = _context(use_case)
-    with _errors(), console.status("comparing online and offline values"):
-        report = run_feature_skew(settings, spec, service=service, sample=sample, seed=seed)
+    with _errors(), console.status("comparing served/online and offline values"):
+        if served:
+            report = run_served_skew(settings, spec, sample=sample, seed=seed)
+        else:
+            report = run_feature_skew(settings, spec, service=service, sample=sample, seed=seed)
     _print(report)
     if report["mismatches"]:
         raise typer.Exit(code=1)

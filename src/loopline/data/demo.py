@@ -864,18 +864,54 @@ def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
 LIVE_DIR = "live"
 
 
-def split_live(data: DemoData, *, live_days: int = 1) -> tuple[DemoData, pl.DataFrame]:
+def anchor_demo(data: DemoData, end: datetime) -> DemoData:
+    """Move the demo in time so that its simulated period ends at `end` (floored to the minute).
+
+    Every event and label time moves by the same amount; `hour` is recomputed from the moved
+    time (the contract's rule); labels that would arrive after `end` have not arrived yet and
+    are dropped. The config's `start` becomes the new first day.
+
+    Raises:
+        DemoConfigError: `end` is naive.
+    """
+    if end.tzinfo is None or end.utcoffset() is None:
+        raise DemoConfigError("end: must be timezone-aware (UTC), got a naive datetime")
+    simulated_end = datetime.combine(
+        data.config.start + timedelta(days=data.config.days), time(), tzinfo=UTC
+    )
+    end = end.astimezone(UTC).replace(second=0, microsecond=0)
+    shift = end - simulated_end
+    moved = data.transactions.with_columns(pl.col("event_timestamp") + shift)
+    if "hour" in moved.columns:
+        moved = moved.with_columns(pl.col("event_timestamp").dt.hour().cast(pl.Int64).alias("hour"))
+    labels = data.labels.with_columns(pl.col("label_timestamp") + shift).filter(
+        pl.col("label_timestamp") <= end
+    )
+    start = (simulated_end + shift - timedelta(days=data.config.days)).date()
+    return replace(
+        data, transactions=moved, labels=labels, config=replace(data.config, start=start)
+    )
+
+
+def split_live(
+    data: DemoData, *, live_days: int = 1, end: datetime | None = None
+) -> tuple[DemoData, pl.DataFrame]:
     """Hold the last `live_days` of transactions back as live traffic.
 
     The history (earlier transactions and their labels) is what gets ingested; the held-back
     transactions are what the prediction API is asked about later, so their features come from
-    snapshots of earlier days, exactly as in training.
+    the history and the live events before them, exactly as in training. The cut is the
+    midnight `live_days` before the simulated end, or `live_days` before `end` when the demo
+    was anchored there (`anchor_demo`).
     """
     if live_days < 1 or live_days >= data.config.days:
         raise DemoConfigError(f"live_days: must be between 1 and days - 1, got {live_days}")
-    cut = datetime.combine(
-        data.config.start + timedelta(days=data.config.days - live_days), time(), tzinfo=UTC
-    )
+    if end is not None:
+        cut = end.astimezone(UTC).replace(second=0, microsecond=0) - timedelta(days=live_days)
+    else:
+        cut = datetime.combine(
+            data.config.start + timedelta(days=data.config.days - live_days), time(), tzinfo=UTC
+        )
     is_live = pl.col("event_timestamp") >= cut
     live = data.transactions.filter(is_live)
     history = data.transactions.filter(~is_live)

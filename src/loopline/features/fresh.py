@@ -99,7 +99,16 @@ class FreshFeatures:
         timestamp: str,
         label_timestamp: str | None = None,
         event_id: str | None = None,
+        label_schema: Mapping[str, pl.DataType] | None = None,
     ) -> None:
+        """Args:
+        views: The windowed tables to serve fresh.
+        timestamp: Event time column.
+        label_timestamp: Label arrival time column (label-aware tables).
+        event_id: Event id column.
+        label_schema: Columns of the labels (with the entity keys), for entities that have
+            none yet.
+        """
         self.views = {view.name: view for view in views}
         self.timestamp = timestamp
         self.label_timestamp = label_timestamp
@@ -107,7 +116,7 @@ class FreshFeatures:
         self._lock = threading.Lock()
         self._entities: dict[str, dict[Any, _Entity]] = {view.name: {} for view in views}
         self._event_schema: dict[str, pl.DataType] | None = None
-        self._label_schema: dict[str, pl.DataType] | None = None
+        self._label_schema = dict(label_schema) if label_schema is not None else None
         self._names: dict[str, list[str]] = {}
 
     # -- loading -----------------------------------------------------------------------------

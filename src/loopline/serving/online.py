@@ -316,11 +316,15 @@ class OnlineFeatures:
             ttl = self._ttl(table.name)
             views.append(FreshView(table.name, made.key, made, ttl))
             self._tables[table.name] = made
+        labels = {n: POLARS_TYPES[r.type] for n, r in self.spec.labels.columns.items()}
+        events = self.spec.events.columns
+        labels.update({k: POLARS_TYPES[events[k].type] for k in self.spec.entity_keys})
         return FreshFeatures(
             views,
             timestamp=self.spec.events.timestamp,
             label_timestamp=self.spec.labels.timestamp,
             event_id=self.spec.events.id,
+            label_schema=labels,
         )
 
     def _ttl(self, view: str) -> timedelta | None:
@@ -449,7 +453,10 @@ def _recent(scan: pl.LazyFrame, ts: str, lookback: timedelta, keys: list[str]) -
         return scan
     low = newest - span
     recent = scan.filter(pl.col(ts) >= low)
-    older = [scan.filter(pl.col(ts) < low).sort(ts).group_by(key).tail(1) for key in keys]
+    columns = recent.collect_schema().names()
+    older = [
+        scan.filter(pl.col(ts) < low).sort(ts).group_by(key).tail(1).select(columns) for key in keys
+    ]
     return pl.concat([recent, *older]).unique(maintain_order=False)
 
 

@@ -7,9 +7,11 @@ load generator.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -48,19 +50,38 @@ class ReplayReport:
 
 
 def request_bodies(
-    events: pl.DataFrame, spec: UseCaseSpec, *, n: int, seed: int = 0
+    events: pl.DataFrame,
+    spec: UseCaseSpec,
+    *,
+    n: int,
+    seed: int = 0,
+    now: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Up to `n` events, sampled uniformly and sent in time order, as /predict bodies
-    (entity keys + request fields + a request id derived from the event id).
+    (entity keys, request fields, the event's own time and id, a request id derived from it).
 
     Sampling the whole file rather than its tail keeps the time-of-day mix of real traffic.
+    With `now`, events older than the service accepts (`serving.max_event_delay`) are moved
+    forward by whole days, so the time of day (and fields derived from it) stays true.
     """
+    ts = spec.events.timestamp
     columns = list(dict.fromkeys([*spec.entity_keys, *spec.features.request]))
-    picked = events.sample(n=min(n, events.height), seed=seed).sort(spec.events.timestamp)
+    picked = events.sample(n=min(n, events.height), seed=seed).sort(ts)
+    if now is not None and picked.height and ts in picked.columns:
+        oldest = picked.get_column(ts).min()
+        assert isinstance(oldest, datetime)
+        limit = spec.serving.max_event_delay - timedelta(hours=1)
+        if now - oldest > limit:
+            days = math.ceil((now - oldest - limit) / timedelta(days=1))
+            picked = picked.with_columns(pl.col(ts) + timedelta(days=days))
     bodies = picked.select(columns).to_dicts()
+    times = picked.get_column(ts).to_list() if ts in picked.columns else [None] * len(bodies)
     ids = picked.get_column(spec.events.id).to_list() if spec.events.id else [None] * len(bodies)
-    for body, event_id in zip(bodies, ids, strict=True):
+    for body, at, event_id in zip(bodies, times, ids, strict=True):
+        if at is not None:
+            body[ts] = at.isoformat()
         if event_id is not None:
+            body[spec.events.id] = str(event_id)
             body["request_id"] = f"replay-{event_id}"[:64]
     return bodies
 

@@ -166,6 +166,62 @@ def run_feature_skew(
     return report
 
 
+def run_served_skew(
+    settings: Settings,
+    spec: UseCaseSpec,
+    *,
+    sample: int = 1_000,
+    seed: int = 0,
+    flow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """What logged requests were served against the point-in-time offline values at their times.
+
+    Compares up to `sample` logged predictions (champion and canary answers scored by entity
+    keys; full-payload requests are the caller's values and are skipped). The offline tables
+    must already hold the served events: ingest the landed events and build the features first.
+
+    Raises:
+        StageError: nothing logged to compare, or the log predates served-feature logging.
+    """
+    from loopline.features import feast_ops
+    from loopline.features.served_skew import served_skew
+    from loopline.serving.prediction_log import read_prediction_log
+
+    if sample < 1:
+        raise ValueError(f"sample: must be >= 1, got {sample}")
+    logged = read_prediction_log(settings.prediction_log_dir)
+    if "role" in logged.columns:
+        logged = logged.filter(
+            pl.col("role").is_in(["champion", "canary"]) | pl.col("role").is_null()
+        )
+    if "payload" in logged.columns:
+        logged = logged.filter(~pl.col("payload").fill_null(False))
+    if "features" not in logged.columns or logged.is_empty():
+        raise StageError(
+            f"no logged predictions with served features in {settings.prediction_log_dir}: "
+            "serve some requests first (`loopline replay`)"
+        )
+    if logged.height > sample:
+        logged = logged.sample(n=sample, seed=seed).sort("ts")
+    store = feast_ops.open_store(settings)
+    ctx = open_context(settings, spec)
+    params = {"step": "skew-served", "sample": sample, "seed": seed}
+    with ctx.run("features", flow_run_id=flow_run_id, params=params) as run:
+        try:
+            report = served_skew(store, logged, spec).as_dict()
+        except ValueError as exc:
+            raise StageError(str(exc)) from exc
+        run.log_metrics(
+            {
+                "served_skew_checked": report["checked"],
+                "served_skew_mismatches": report["mismatches"],
+            }
+        )
+        run.set_summary(served_skew=report)
+    report["run_id"] = run.run_id
+    return report
+
+
 # ---------------------------------------------------------------------------------------------
 
 
