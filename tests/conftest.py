@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated data home and settings per test."""
+"""Shared fixtures: an isolated data home, settings and a migrated store per test."""
 
 from __future__ import annotations
 
@@ -10,12 +10,21 @@ from pathlib import Path
 import pytest
 
 from loopline.settings import Settings
+from loopline.store import Store
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings whose data home is a fresh temporary folder."""
     return Settings(home=tmp_path / "home")
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    """A migrated SQLite store under the test's data home."""
+    store = Store.open(settings)
+    yield store
+    store.dispose()
 
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

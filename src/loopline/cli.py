@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loopline.cli_features import features_app
+from loopline.cli_keys import keys_app
 from loopline.cli_models import models_app
 from loopline.cli_runs import runs_app
 from loopline.cli_score import score
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
 app.command("score")(score)
 
 console = Console()
@@ -369,16 +371,28 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port.")] = None,
 ) -> None:
-    """Run the prediction API in the foreground."""
+    """Run the prediction API in the foreground (a non-loopback bind needs an API key)."""
+    import os
+
     import uvicorn
 
+    from loopline.serving.auth import open_verifier
     from loopline.settings import Settings
+    from loopline.store import Store
 
     settings = Settings()
+    bind = host or settings.host
+    store = Store.open(settings)
+    try:
+        with _user_errors():
+            open_verifier(store, settings, host=bind)  # the bind check, before anything starts
+    finally:
+        store.dispose()
+    os.environ["LOOPLINE_HOST"] = bind  # the app factory's Settings() must see the real bind
     uvicorn.run(
         "loopline.serving.app:create_app",
         factory=True,
-        host=host or settings.host,
+        host=bind,
         port=port or settings.api_port,
     )
 

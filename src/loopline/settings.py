@@ -38,6 +38,20 @@ class Settings(BaseSettings):
     work_pool: str = "loopline"
     sqlite_busy_timeout_ms: int = 30_000
     model_refresh_s: float = Field(default=2.0, gt=0, description="Champion re-check period.")
+    require_api_keys: bool = Field(
+        default=False,
+        description="Refuse prediction requests without a valid API key even with no key "
+        "created yet (always the case on a non-loopback bind).",
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, gt=0, description="Largest request body the service reads (413 above)."
+    )
+    api_key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a verified (or refused) API key is trusted without the store; "
+        "a revocation takes effect within this time (0: check the store every request).",
+    )
     feast_yaml: str = Field(
         default="feature_store.yaml",
         pattern=r"^[A-Za-z0-9_.-]+\.ya?ml$",

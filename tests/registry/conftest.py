@@ -31,14 +31,6 @@ def backend_store(backend_settings: Settings) -> Iterator[Store]:
 
 
 @pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    """A migrated SQLite store under the test's data home."""
-    store = Store.open(settings)
-    yield store
-    store.dispose()
-
-
-@pytest.fixture
 def artifacts(tmp_path: Path) -> ArtifactStore:
     """An artifact store (shared by both backends: only the metadata store differs)."""
     return ArtifactStore(tmp_path / "home" / "artifacts")

@@ -482,3 +482,24 @@ class Alert(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_alerts_status_created", "status", "created_at"),)
+
+class ApiKey(Base):
+    """An API key of the prediction service (migration 0006); its secret is never stored.
+
+    A key is presented as `ll_<id>_<secret>`. `secret_hash` holds a self-describing salted
+    hash of the secret (`scrypt$n$r$p$<salt hex>$<hash hex>`), so a stolen database gives no
+    usable key. `scopes` is a space-separated set (`predict`, `admin`); a revoked key keeps
+    its row for the audit trail.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+    last_used_at: Mapped[datetime | None]
