@@ -483,6 +483,7 @@ class Alert(Base):
 
     __table_args__ = (Index("ix_alerts_status_created", "status", "created_at"),)
 
+
 class ApiKey(Base):
     """An API key of the prediction service (migration 0006); its secret is never stored.
 
