@@ -69,6 +69,26 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_]+$",
         description="Feast project of the scale profile (one per installation sharing servers).",
     )
+    prediction_spool_dir: Path | None = Field(
+        default=None,
+        description="Local folder of the prediction log's write-ahead spool; default "
+        "`_spool` inside the log table (set it when the lake is on object storage).",
+    )
+    prediction_flush_s: float = Field(
+        default=1.0, gt=0, description="Longest time a logged prediction waits in the spool."
+    )
+    prediction_batch_rows: int = Field(
+        default=5000, gt=0, description="Spooled predictions that trigger a commit right away."
+    )
+    prediction_spool_max_bytes: int = Field(
+        default=256 << 20,
+        gt=0,
+        description="Uncommitted spool bytes above which predictions are refused (503).",
+    )
+    prediction_fsync: bool = Field(
+        default=False,
+        description="fsync each logged prediction (survives power loss, not only a crash).",
+    )
 
     @field_validator("home", "feature_repo", "project_dir")
     @classmethod
@@ -112,8 +132,8 @@ class Settings(BaseSettings):
 
     @property
     def prediction_log_dir(self) -> Path:
-        """Append-only prediction log written by the API."""
-        return self.home / "predictions"
+        """The prediction log: a Delta table of the lake, written by the API."""
+        return self.lake_dir / "predictions"
 
     @property
     def prefect_api_url(self) -> str:

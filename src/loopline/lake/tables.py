@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -70,11 +70,45 @@ def breaking_changes(uri: str, frame: pl.DataFrame) -> list[str]:
     return problems
 
 
-def append(uri: str, frame: pl.DataFrame, *, metadata: Mapping[str, str] | None = None) -> int:
+def transaction_version(uri: str, app_id: str) -> int | None:
+    """The version the application `app_id` last committed with (its Delta `txn`), if any.
+
+    Writers that must not commit the same data twice (the prediction log's spool) record how
+    far they got as an application transaction in the same commit as the data, and read it
+    back here after a crash.
+    """
+    return DeltaTable(uri).transaction_version(app_id) if exists(uri) else None
+
+
+def snapshot(uri: str, version: int | None = None) -> DeltaTable:
+    """The table at one version (newest by default): data and transaction state agree.
+
+    Raises:
+        LakeError: there is no table at `uri`, or no such version.
+    """
+    return _load(uri, version)
+
+
+def append(
+    uri: str,
+    frame: pl.DataFrame,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    partition_by: Sequence[str] | None = None,
+    transaction: tuple[str, int] | None = None,
+) -> int:
     """Append `frame` as a new table version (creating the table on first write).
 
     Columns may be added over time (schema merge); a dropped column or a changed type is
     refused before anything is written.
+
+    Args:
+        uri: The table location.
+        frame: The rows to append.
+        metadata: Commit metadata (shown in the table's history).
+        partition_by: Partition columns when the table is created (must match afterwards).
+        transaction: (app id, version) recorded atomically with the data, read back with
+            `transaction_version` (exactly-once writers).
 
     Returns:
         The version written.
@@ -87,11 +121,15 @@ def append(uri: str, frame: pl.DataFrame, *, metadata: Mapping[str, str] | None 
     problems = breaking_changes(uri, frame)
     if problems:
         raise LakeError(f"breaking schema change for {uri}: " + "; ".join(problems))
-    commit = CommitProperties(custom_metadata=dict(metadata or {}))
+    commit = CommitProperties(
+        custom_metadata=dict(metadata or {}),
+        app_transactions=[Transaction(*transaction)] if transaction else None,
+    )
     write_deltalake(
         uri,
         frame.to_arrow(),
         mode="append",
+        partition_by=list(partition_by) if partition_by else None,
         schema_mode="merge" if exists(uri) else None,
         commit_properties=commit,
     )
