@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -100,6 +101,10 @@ def demo(
         int | None, typer.Option(min=0, help="From this day on, amounts inflate, new fraud.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Write even if demo data exists.")] = False,
+    present: Annotated[
+        bool,
+        typer.Option(help="End the demo now (live day = the last 24 h); off: from 2026-01-01."),
+    ] = True,
 ) -> None:
     """Generate the fraud demo's raw files under <home>/raw (plus a day of live traffic)."""
     from loopline.data.demo import demo_present
@@ -112,7 +117,12 @@ def demo(
             _fail(f"demo data already present in {settings.raw_dir} (use --force to rewrite)")
         with console.status(f"generating {days} days x {customers} customers"):
             history, live = write_demo_data(
-                settings, days=days, customers=customers, seed=seed, drift_start_day=drift_day
+                settings,
+                days=days,
+                customers=customers,
+                seed=seed,
+                drift_start_day=drift_day,
+                end=datetime.now(UTC) if present else None,
             )
     console.print(
         f"wrote {history} transactions of history and {live} of live traffic to {settings.raw_dir}"
@@ -462,7 +472,7 @@ def _demo_traffic(settings: Any, n: int) -> None:
     if not source.is_file():
         console.print(f"no live demo traffic at {source}: skipping the demo requests")
         return
-    bodies = request_bodies(read_batch(source, spec.events), spec, n=n)
+    bodies = request_bodies(read_batch(source, spec.events), spec, n=n, now=datetime.now(UTC))
     base = f"http://{settings.host}:{settings.api_port}"
     with console.status(f"replaying {len(bodies)} demo requests"):
         if wait_for_champion(base) is None:
@@ -535,7 +545,9 @@ def replay(
     if not source.is_file():
         _fail(f"events file not found: {source} (write demo data with `loopline demo`)")
     with _user_errors():
-        bodies = request_bodies(read_batch(source, spec.events), spec, n=n, seed=seed)
+        bodies = request_bodies(
+            read_batch(source, spec.events), spec, n=n, seed=seed, now=datetime.now(UTC)
+        )
     base = url or f"http://{settings.host}:{settings.api_port}"
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"POST {base}/predict", total=len(bodies))
@@ -543,6 +555,46 @@ def replay(
     _print(report.as_dict())
     if report.ok == 0:
         _fail(f"no request succeeded against {base}: {report.errors[:1]}")
+
+
+@app.command("push")
+def push_events(
+    path: Annotated[Path, typer.Argument(help="Events file (CSV, Parquet, JSON Lines).")],
+    url: Annotated[str | None, typer.Option(help="API base URL (default: settings).")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="LOOPLINE_API_KEY", help="API key (scope predict).")
+    ] = None,
+    use_case: UseCase = "fraud",
+) -> None:
+    """Send events that are not scored to the prediction API (`POST /events`): their entities'
+    online features move on, and the events land in the lake for the next ingest. Every row
+    is checked against the contract first; a bad row sends nothing."""
+    from rich.progress import Progress
+
+    from loopline.data.contracts import read_batch
+    from loopline.serving.traffic import event_bodies, push
+
+    settings, spec = _context(use_case)
+    if not path.is_file():
+        _fail(f"events file not found: {path}")
+    with _user_errors():
+        events = read_batch(path, spec.events)
+        try:
+            bodies = event_bodies(events, spec)
+        except ValueError as exc:
+            _fail(f"{path}: {exc}")
+    base = url or f"http://{settings.host}:{settings.api_port}"
+    headers = {"X-API-Key": api_key} if api_key else None
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"POST {base}/events", total=len(bodies))
+        try:
+            accepted = push(base, bodies, chunk=spec.serving.max_batch_rows, headers=headers,
+                            on_chunk=lambda n: progress.advance(task, n))  # fmt: skip
+        except (RuntimeError, OSError) as exc:
+            _fail(str(exc))
+        except Exception as exc:  # httpx errors: the service is not there
+            _fail(f"cannot reach {base}: {type(exc).__name__}: {exc}")
+    _print({"pushed": accepted, "url": base})
 
 
 def quiet_libraries() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterator
 from contextlib import nullcontext
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
@@ -33,6 +34,22 @@ def route_scope(route: APIRoute) -> str | None:
     """The scope a route demands (`admin` if any of its guards does), None when unguarded."""
     scopes = {guard.scope for guard in _guards(route.dependant)}
     return ADMIN if ADMIN in scopes else PREDICT if scopes else None
+
+
+def api_routes(app: FastAPI) -> list[APIRoute]:
+    """Every API route of an app, also inside included routers (FastAPI >= 0.150 keeps an
+    included router as one lazy `_IncludedRouter` entry in `app.routes`)."""
+    found: list[APIRoute] = []
+
+    def walk(routes: Any) -> None:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                found.append(route)
+            elif hasattr(route, "original_router"):
+                walk(route.original_router.routes)
+
+    walk(app.router.routes)
+    return found
 
 
 def assert_every_route_guarded(
@@ -63,9 +80,7 @@ def assert_every_route_guarded(
     checked: list[tuple[str, str, str]] = []
     context = nullcontext(client) if client is not None else TestClient(app)
     with context as http:
-        for route in app.routes:
-            if not isinstance(route, APIRoute):
-                continue
+        for route in api_routes(app):
             path = _PARAM.sub("1", route.path)
             scope = route_scope(route)
             for method in sorted(route.methods - {"HEAD", "OPTIONS"}):

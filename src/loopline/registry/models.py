@@ -486,6 +486,52 @@ def set_alias(
     return event
 
 
+def delete_alias(
+    session: Session,
+    *,
+    model_name: str,
+    alias: str,
+    actor: str,
+    reason: str = "",
+) -> AliasEvent:
+    """Remove an alias (ending a canary or a shadow), with its history event and audit record.
+
+    Raises:
+        RegistryError: the alias is `champion` (roll back or promote instead) or is not set.
+    """
+    alias = normalise_alias(alias)
+    if alias == CHAMPION:
+        raise RegistryError(f"alias '{CHAMPION}' cannot be deleted: promote or roll back instead")
+    model = get_model(session, model_name)
+    current = session.get(Alias, (model.name, alias))
+    if current is None:
+        raise RegistryError(f"alias '{alias}' of '{model.name}' is not set")
+    from_id, revision = current.model_version_id, current.revision + 1
+    from_version = session.get_one(ModelVersion, from_id).version
+    session.delete(current)
+    event = AliasEvent(
+        model_name=model.name,
+        alias=alias,
+        from_version_id=from_id,
+        to_version_id=None,
+        revision=revision,
+        action="delete",
+        actor=actor,
+        reason=reason,
+    )
+    session.add(event)
+    audit(
+        session,
+        actor=actor,
+        action="alias.delete",
+        subject_type="alias",
+        subject_id=f"{model.name}@{alias}",
+        detail={"from_version": from_version, "to_version": None, "reason": reason},
+    )
+    session.flush()
+    return event
+
+
 def rollback_alias(
     session: Session,
     *,

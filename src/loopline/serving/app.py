@@ -10,6 +10,11 @@ shadow worker). Every model alias the service follows is re-checked every `refre
 in the background and swapped atomically, so a promotion or rollback is picked up without a
 restart and without a dropped request.
 
+Routes need an API key with their scope (`predict`; `admin` for `/model`, which names
+artifacts) once a key exists, and always on a non-loopback bind, where the service refuses to
+start without one; `/health` and `/ready` stay open for probes. Bodies are bounded
+(`max_body_bytes`, 413).
+
 Errors map the same way on every route: a body that breaks the contract or a rule is a 422
 whose `message` names the field (no input is echoed back), no champion / no features / a log
 that refuses is a 503 with the reason, a model that cannot be fed is a 500.
@@ -25,12 +30,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from loopline.lake.artifacts import ArtifactStore
 from loopline.registry.models import CHAMPION
+from loopline.serving.auth import open_verifier, require_scope, use_verifier
+from loopline.serving.limits import BodySizeLimit
 from loopline.serving.model_cache import ModelCache
 from loopline.serving.online import FeatureLookup, OnlineFeatures
 from loopline.serving.prediction_log import PredictionLog
@@ -146,7 +153,9 @@ def create_app(
             role: ModelCache(store, artifacts, spec.model_name, alias=alias)
             for role, alias in aliases.items()
         }
-        prediction_log = await asyncio.to_thread(PredictionLog, settings.prediction_log_dir)
+        # Refuses to start on a non-loopback address without an active API key.
+        use_verifier(app, await asyncio.to_thread(open_verifier, store, settings))
+        prediction_log = await asyncio.to_thread(PredictionLog.from_settings, settings)
         service = PredictionService(
             spec, caches=caches, online=online, prediction_log=prediction_log, transform=shared
         )
@@ -174,7 +183,12 @@ def create_app(
     }
     for kind, handler in handlers.items():
         app.add_exception_handler(kind, handler)
-    app.include_router(predict_router(request_model, batch_request_model(spec, request_model)))
-    app.include_router(events_router(events_request_model(spec)))
-    app.include_router(status_router())
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    predict = [Depends(require_scope("predict"))]
+    admin = [Depends(require_scope("admin"))]
+    # Dependencies on the routers themselves, so every route carries its guard.
+    batch_model = batch_request_model(spec, request_model)
+    app.include_router(predict_router(request_model, batch_model, dependencies=predict))
+    app.include_router(events_router(events_request_model(spec), dependencies=predict))
+    app.include_router(status_router(predict=predict, admin=admin))
     return app

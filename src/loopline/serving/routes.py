@@ -9,6 +9,7 @@ as the service's exceptions and mapped to HTTP statuses in `loopline.serving.app
 # as real annotations.
 
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -69,9 +70,14 @@ def _event(
     return event_of(body, service.spec, now=now, request_id=request_id)
 
 
-def predict_router(request_model: type[BaseModel], batch_model: type[BaseModel]) -> APIRouter:
+def predict_router(
+    request_model: type[BaseModel],
+    batch_model: type[BaseModel],
+    *,
+    dependencies: Sequence[Any] = (),
+) -> APIRouter:
     """`POST /predict` and `POST /predict/batch` for a use case's request models."""
-    router = APIRouter(tags=["predict"], responses=ERRORS)
+    router = APIRouter(tags=["predict"], responses=ERRORS, dependencies=list(dependencies))
 
     @router.post("/predict", response_model=PredictionResponse)
     def predict(body: request_model, service: ServiceDep) -> PredictionResponse:  # type: ignore[valid-type]
@@ -93,9 +99,9 @@ def predict_router(request_model: type[BaseModel], batch_model: type[BaseModel])
     return router
 
 
-def events_router(events_model: type[BaseModel]) -> APIRouter:
+def events_router(events_model: type[BaseModel], *, dependencies: Sequence[Any] = ()) -> APIRouter:
     """`POST /events`: events that are not scored update their entities' online features."""
-    router = APIRouter(tags=["events"], responses=ERRORS)
+    router = APIRouter(tags=["events"], responses=ERRORS, dependencies=list(dependencies))
 
     @router.post("/events", response_model=EventsResponse)
     def push_events(body: events_model, service: ServiceDep) -> EventsResponse:  # type: ignore[valid-type]
@@ -110,8 +116,9 @@ def events_router(events_model: type[BaseModel]) -> APIRouter:
     return router
 
 
-def status_router() -> APIRouter:
-    """`/health`, `/ready`, `/models` and `/model`."""
+def status_router(*, predict: Sequence[Any] = (), admin: Sequence[Any] = ()) -> APIRouter:
+    """`/health` and `/ready` (open, for probes), `/models` (`predict` dependencies) and
+    `/model` (`admin` dependencies: it names artifacts)."""
     router = APIRouter(tags=["status"], responses=ERRORS)
 
     @router.get("/health", response_model=HealthResponse)
@@ -139,12 +146,12 @@ def status_router() -> APIRouter:
             return JSONResponse(status_code=503, content={"ready": False, "reason": reason})
         return ReadyResponse(ready=True)
 
-    @router.get("/models", response_model=ModelsResponse)
+    @router.get("/models", response_model=ModelsResponse, dependencies=list(predict))
     def models(service: ServiceDep) -> ModelsResponse:
         """The versions serving now: champion, canary (with its share) and shadow."""
         return ModelsResponse(models=service.served_models())
 
-    @router.get("/model", response_model=ModelResponse)
+    @router.get("/model", response_model=ModelResponse, dependencies=list(admin))
     def current_model(service: ServiceDep) -> ModelResponse:
         """The champion this process serves right now; 503 if there is none."""
         model = service.champion()

@@ -188,8 +188,7 @@ class PredictionService:
         records = [log_record(s, self.spec, received_at=received_at, latency_ms=latency)
                    for s in scored]  # fmt: skip
         try:
-            for record in records:
-                self.log.append(record)
+            self.log.append_many(records)  # all or nothing: a full spool refuses the batch
         except (PredictionLogError, OSError) as exc:
             log.exception("prediction log write failed")
             raise ServiceUnavailable(f"prediction log refused the prediction: {exc}") from exc
@@ -272,8 +271,9 @@ class PredictionService:
                 ready.append((event, served))
             scored = score_many(shadow, ready, self.spec, self.transform, role="shadow")
             latency = (time.perf_counter() - started) * 1e3 / max(1, len(ready))
-            for item in scored:
-                self.log.append(log_record(item, self.spec, received_at=at, latency_ms=latency))
+            self.log.append_many(
+                [log_record(item, self.spec, received_at=at, latency_ms=latency) for item in scored]
+            )
             with self._shadow_lock:
                 self.shadow_stats.scored += 1
         except Exception:

@@ -86,6 +86,75 @@ def request_bodies(
     return bodies
 
 
+def event_bodies(events: pl.DataFrame, spec: UseCaseSpec) -> list[dict[str, Any]]:
+    """Every event of a frame, in time order, as `POST /events` items (entity keys, request
+    fields, the event's own time and id).
+
+    Raises:
+        ValueError: a column the API needs is missing (named), or a body breaks the contract
+            (the field and rule named); nothing is sent then.
+    """
+    from pydantic import ValidationError
+
+    from loopline.serving.schemas import events_request_model
+
+    ts = spec.events.timestamp
+    columns = list(dict.fromkeys([*spec.entity_keys, *spec.features.request, ts]))
+    if spec.events.id:
+        columns.append(spec.events.id)
+    missing = [c for c in columns if c not in events.columns]
+    if missing:
+        raise ValueError(f"events: missing column(s) {', '.join(missing)}")
+    bodies = events.sort(ts).select(columns).to_dicts()
+    for body in bodies:
+        body[ts] = body[ts].isoformat() if body[ts] is not None else None
+        if spec.events.id and body[spec.events.id] is not None:
+            body[spec.events.id] = str(body[spec.events.id])
+    model = events_request_model(spec)
+    for start in range(0, len(bodies), spec.serving.max_batch_rows):
+        chunk = bodies[start : start + spec.serving.max_batch_rows]
+        try:
+            model.model_validate({"events": chunk})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = [str(p) for p in error["loc"]]
+            row = start + int(where[1]) if len(where) > 1 and where[1].isdigit() else start
+            field_name = ".".join(where[2:]) or "event"
+            raise ValueError(f"row {row + 1}: {field_name}: {error['msg']}") from None
+    return bodies
+
+
+def push(
+    base_url: str,
+    bodies: list[dict[str, Any]],
+    *,
+    chunk: int,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+    on_chunk: Callable[[int], None] | None = None,
+) -> int:
+    """POST bodies to `<base_url>/events` in chunks; how many the service accepted.
+
+    Raises:
+        httpx.HTTPError: the service could not be reached.
+        RuntimeError: the service refused a chunk (its status and message).
+    """
+    accepted = 0
+    with httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers) as client:
+        for start in range(0, len(bodies), chunk):
+            part = bodies[start : start + chunk]
+            response = client.post("/events", json={"events": part})
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"/events refused rows {start + 1}-{start + len(part)} "
+                    f"({response.status_code}): {response.text[:300]}"
+                )
+            accepted += int(response.json()["accepted"])
+            if on_chunk is not None:
+                on_chunk(len(part))
+    return accepted
+
+
 def wait_for_champion(base_url: str, *, timeout_s: float = 60.0) -> int | None:
     """Poll `/health` until the API serves a champion; its version, or None on timeout."""
     deadline = time.monotonic() + timeout_s
