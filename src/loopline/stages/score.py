@@ -22,6 +22,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,16 +375,27 @@ def scored_chunks(
         pl.lit(lineage.get("sha256"), pl.String).alias("input_sha256"),
         pl.lit(lineage["run_id"], pl.String).alias("score_run_id"),
     ]
+
+    def matrix(part: pl.DataFrame) -> np.ndarray:
+        return transform.to_numpy(transform.model_inputs(part, spec, model.feature_service))
+
+    parts = [frame.slice(start, chunk_rows) for start in range(0, frame.height, chunk_rows)]
     done = 0
-    for start in range(0, frame.height, chunk_rows):
-        part = frame.slice(start, chunk_rows)
-        inputs = transform.model_inputs(part, spec, model.feature_service)
-        values = predict(model.booster, transform.to_numpy(inputs))
-        out = part.select(keep).with_columns(**_score_columns(values)).with_columns(constants)
-        done += part.height
-        if progress is not None:
-            progress("score", done, frame.height)
-        yield out
+    # The next chunk's inputs are built on another thread while LightGBM (GIL released)
+    # scores this one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-inputs") as pool:
+        pending = pool.submit(matrix, parts[0]) if parts else None
+        for index, part in enumerate(parts):
+            assert pending is not None
+            inputs = pending.result()
+            if index + 1 < len(parts):
+                pending = pool.submit(matrix, parts[index + 1])
+            values = predict(model.booster, inputs)
+            out = part.select(keep).with_columns(**_score_columns(values)).with_columns(constants)
+            done += part.height
+            if progress is not None:
+                progress("score", done, frame.height)
+            yield out
 
 
 def output_columns(model: ScoringModel) -> list[str]:
@@ -437,7 +449,8 @@ def write_scores(
         progress: Called with ("score", rows done, rows in all).
 
     Returns:
-        (version written, rows written, content hash of the rows written).
+        (version written, rows written, content hash of the rows written: sha256 over the
+        Arrow IPC hashes of the lineage values and of each chunk's other columns, in order).
 
     Raises:
         StageError: the table exists with another schema.
@@ -455,18 +468,26 @@ def write_scores(
         if problems or added:
             details = "; ".join(problems + [f"column '{c}' is new" for c in added])
             raise StageError(f"out: table {uri} holds another schema: {details}")
-    digest = hashlib.sha256()
-
-    def hashed() -> Iterator[pl.DataFrame]:
-        for chunk in itertools.chain([first], chunks):
-            digest.update(frame_sha256(chunk).encode())
-            yield chunk
-
+    hashes: list[Future[str]] = []
     metadata = {
         "loopline.score_run_id": lineage["run_id"],
         "loopline.model": f"{model.name}@{model.version}",
     }
-    version, rows = delta_tables.write(uri, hashed(), mode="append", metadata=metadata)
+    # Each chunk is hashed off the scoring thread (Arrow IPC and sha256 release the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-hash") as pool:
+
+        def hashed() -> Iterator[pl.DataFrame]:
+            for chunk in itertools.chain([first], chunks):
+                # The lineage columns are one value per run: hashed once, below.
+                varying = chunk.select(c for c in chunk.columns if c not in LINEAGE_COLUMNS)
+                hashes.append(pool.submit(frame_sha256, varying))
+                yield chunk
+
+        version, rows = delta_tables.write(uri, hashed(), mode="append", metadata=metadata)
+        constants = first.select(LINEAGE_COLUMNS).head(1)
+        digest = hashlib.sha256(frame_sha256(constants).encode())
+        for done in hashes:
+            digest.update(done.result().encode())
     return version, rows, "sha256:" + digest.hexdigest()
 
 
