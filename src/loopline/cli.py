@@ -463,7 +463,12 @@ def _demo_traffic(settings: Any, n: int) -> None:
     control panel shows predictions and drift right away."""
     from loopline.data.contracts import read_batch
     from loopline.data.demo import LIVE_DIR
-    from loopline.serving.traffic import request_bodies, send, wait_for_champion
+    from loopline.serving.traffic import (
+        request_bodies,
+        send,
+        unscored_between,
+        wait_for_champion,
+    )
     from loopline.spec import load_spec
     from loopline.stages import run_monitor
 
@@ -472,13 +477,16 @@ def _demo_traffic(settings: Any, n: int) -> None:
     if not source.is_file():
         console.print(f"no live demo traffic at {source}: skipping the demo requests")
         return
-    bodies = request_bodies(read_batch(source, spec.events), spec, n=n, now=datetime.now(UTC))
+    events = read_batch(source, spec.events)
+    bodies = request_bodies(events, spec, n=n, now=datetime.now(UTC))
+    # The rest of the live day goes to /events, so the windows the service serves are complete.
+    rest = unscored_between(events, spec, bodies)
     base = f"http://{settings.host}:{settings.api_port}"
     with console.status(f"replaying {len(bodies)} demo requests"):
         if wait_for_champion(base) is None:
             console.print(f"the API at {base} serves no champion yet: skipping demo requests")
             return
-        report = send(base, bodies)
+        report = send(base, bodies, unscored=rest, timestamp=spec.events.timestamp)
         if report.ok:
             run_monitor(settings, spec)
     console.print(f"demo traffic: {report.ok}/{report.sent} answered, monitoring pass stored")
@@ -538,20 +546,21 @@ def replay(
 
     from loopline.data.contracts import read_batch
     from loopline.data.demo import LIVE_DIR
-    from loopline.serving.traffic import request_bodies, send
+    from loopline.serving.traffic import request_bodies, send, unscored_between
 
     settings, spec = _context(use_case)
     source = path or settings.raw_dir / LIVE_DIR / f"{spec.events.table}.csv"
     if not source.is_file():
         _fail(f"events file not found: {source} (write demo data with `loopline demo`)")
     with _user_errors():
-        bodies = request_bodies(
-            read_batch(source, spec.events), spec, n=n, seed=seed, now=datetime.now(UTC)
-        )
+        events = read_batch(source, spec.events)
+        bodies = request_bodies(events, spec, n=n, seed=seed, now=datetime.now(UTC))
+        rest = unscored_between(events, spec, bodies)
     base = url or f"http://{settings.host}:{settings.api_port}"
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"POST {base}/predict", total=len(bodies))
-        report = send(base, bodies, on_response=lambda _status: progress.advance(task))
+        report = send(base, bodies, on_response=lambda _status: progress.advance(task),
+                      unscored=rest, timestamp=spec.events.timestamp)  # fmt: skip
     _print(report.as_dict())
     if report.ok == 0:
         _fail(f"no request succeeded against {base}: {report.errors[:1]}")

@@ -102,3 +102,20 @@ def test_naive_time_and_missing_key_are_refused():
         )
     with pytest.raises(ValueError, match="customer_id"):
         fresh.values_at({}, tx[TIMESTAMP].max(), ["customer_activity"])
+
+
+def test_a_late_event_changes_the_values_of_later_instants_already_served():
+    tx = transactions(seed=9, n=300, days=6)
+    fresh = FreshFeatures(VIEWS[:1], timestamp=TIMESTAMP)
+    history, late = tx.head(250), tx.slice(250, 50)
+    fresh.load(history)
+    customer = late.row(0, named=True)["customer_id"]
+    at = tx[TIMESTAMP].max() + timedelta(minutes=5)
+    (before,) = fresh.values_at({"customer_id": customer}, at, ["customer_activity"])
+    (again,) = fresh.values_at({"customer_id": customer}, at, ["customer_activity"])
+    assert again is before  # one evaluation per entity and grain tile
+    fresh.fold(late)  # older than `at`: it must count now
+    (after,) = fresh.values_at({"customer_id": customer}, at, ["customer_activity"])
+    want = _offline_row(customer_activity(tx), "customer_id", customer, at)
+    assert after.values["cust_txn_count_30d"] == want["cust_txn_count_30d"]
+    assert after.values["cust_txn_count_30d"] > before.values["cust_txn_count_30d"]

@@ -118,6 +118,14 @@ class FreshFeatures:
         self._event_schema: dict[str, pl.DataType] | None = None
         self._label_schema = dict(label_schema) if label_schema is not None else None
         self._names: dict[str, list[str]] = {}
+        # (view, entity) -> (instant, values): the values at an instant only change when an
+        # event older than it arrives, so requests of one grain tile share one evaluation.
+        # A fold of an event older than an instant already valued bumps `_late`, which a memo
+        # records; `_seen` (the newest instant valued) is set before the state is read, so a
+        # fold racing an evaluation still invalidates what that evaluation stores.
+        self._memo: dict[tuple[str, Any], tuple[datetime, int, ViewValues]] = {}
+        self._late: dict[tuple[str, Any], int] = {}
+        self._seen: dict[tuple[str, Any], datetime] = {}
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -135,6 +143,9 @@ class FreshFeatures:
             state[name] = _split(events, labels, view, self.timestamp, self.label_timestamp)
         with self._lock:
             self._entities = state
+            self._memo.clear()
+            self._late.clear()
+            self._seen.clear()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -159,9 +170,19 @@ class FreshFeatures:
             if view.key not in keys or keys[view.key] is None:
                 raise ValueError(f"{view.key}: missing join key of view '{name}'")
             entity = keys[view.key]
-            state = self._entities[name].get(entity)
             instant = view.table.window.floor(at)
-            out.append(self._evaluate(view, entity, state, instant))
+            key = (name, entity)
+            if key not in self._seen or self._seen[key] < instant:
+                self._seen[key] = instant  # before reading the state: see `fold`
+            late = self._late.get(key, 0)
+            memo = self._memo.get(key)
+            if memo is not None and memo[0] == instant and memo[1] == late:
+                out.append(memo[2])
+                continue
+            state = self._entities[name].get(entity)
+            values = self._evaluate(view, entity, state, instant)
+            self._memo[key] = (instant, late, values)
+            out.append(values)
         return out
 
     def fold(self, events: pl.DataFrame) -> list[ViewValues]:
@@ -189,7 +210,12 @@ class FreshFeatures:
                     new = _Entity(cut, old.labels if old else None)
                     per_entity[entity] = new
                     newest = part.get_column(self.timestamp).max()
-                    assert isinstance(newest, datetime)
+                    oldest = part.get_column(self.timestamp).min()
+                    assert isinstance(newest, datetime) and isinstance(oldest, datetime)
+                    seen = self._seen.get((name, entity))
+                    if seen is not None and oldest < seen:
+                        # A late event changes instants already valued: forget them.
+                        self._late[(name, entity)] = self._late.get((name, entity), 0) + 1
                     touched.append((view, entity, new, view.table.window.floor(newest)))
         return [
             self._evaluate(view, entity, state, instant + view.table.grain)

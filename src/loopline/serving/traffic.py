@@ -27,6 +27,7 @@ class ReplayReport:
     sent: int = 0
     ok: int = 0
     failed: int = 0
+    pushed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -43,6 +44,7 @@ class ReplayReport:
             "sent": self.sent,
             "ok": self.ok,
             "failed": self.failed,
+            "events_pushed": self.pushed,
             "p50_ms": pct(0.5),
             "p99_ms": pct(0.99),
             "errors": self.errors[:5],
@@ -170,17 +172,53 @@ def wait_for_champion(base_url: str, *, timeout_s: float = 60.0) -> int | None:
     return None
 
 
+def unscored_between(
+    events: pl.DataFrame, spec: UseCaseSpec, bodies: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The events of a replayed span that `bodies` does not score, as `POST /events` items.
+
+    A replay that scores a sample of a day must still tell the service about the rest of the
+    day's events, or every windowed count it serves is short by the events left out (and looks
+    drifted): `send` pushes these, in time order, between the scored ones. Times are moved as
+    `request_bodies` moved them.
+    """
+    ts, id_column = spec.events.timestamp, spec.events.id
+    if not bodies or not id_column:
+        return []
+    scored = {b[id_column] for b in bodies}
+    first = datetime.fromisoformat(bodies[0][ts])
+    original = events.filter(pl.col(id_column).cast(pl.String) == bodies[0][id_column])
+    shift = first - original.get_column(ts).item() if original.height else timedelta(0)
+    rest = events.filter(~pl.col(id_column).cast(pl.String).is_in(list(scored)))
+    rest = rest.with_columns(pl.col(ts) + shift)
+    return event_bodies(rest, spec) if rest.height else []
+
+
 def send(
     base_url: str,
     bodies: list[dict[str, Any]],
     *,
     timeout_s: float = 10.0,
     on_response: Callable[[int], None] | None = None,
+    unscored: list[dict[str, Any]] | None = None,
+    timestamp: str | None = None,
 ) -> ReplayReport:
-    """POST every body to `<base_url>/predict`, in order; never raises on a failed request."""
+    """POST every body to `<base_url>/predict`, in order; never raises on a failed request.
+
+    With `unscored` (event bodies, see `unscored_between`) and the `timestamp` field, the
+    events that fall before each scored one are pushed to `/events` first, so the service sees
+    the whole span in time order.
+    """
     report = ReplayReport()
+    pending = list(unscored or [])
     with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
         for body in bodies:
+            if pending and timestamp is not None:
+                at = datetime.fromisoformat(body[timestamp])
+                due = [e for e in pending if datetime.fromisoformat(e[timestamp]) < at]
+                if due:
+                    pending = pending[len(due) :]
+                    _push_quietly(client, due, report)
             started = time.perf_counter()
             try:
                 response = client.post("/predict", json=body)
@@ -198,4 +236,20 @@ def send(
                     report.errors.append(f"{status}: {response.text[:200]}")
             if on_response is not None:
                 on_response(status)
+        if pending:
+            _push_quietly(client, pending, report)
     return report
+
+
+def _push_quietly(client: httpx.Client, events: list[dict[str, Any]], report: ReplayReport) -> None:
+    for start in range(0, len(events), 1_000):
+        part = events[start : start + 1_000]
+        try:
+            response = client.post("/events", json={"events": part})
+        except httpx.HTTPError as exc:
+            report.errors.append(f"/events: {type(exc).__name__}: {exc}")
+            continue
+        if response.status_code == 200:
+            report.pushed += len(part)
+        else:
+            report.errors.append(f"/events {response.status_code}: {response.text[:200]}")
