@@ -185,6 +185,40 @@ def test_a_past_table_version_and_another_reference_spelling(home: Home) -> None
     assert result.model_version == home.version
 
 
+def test_a_run_that_fails_after_writing_leaves_the_table_as_it_was(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loopline.stages import score as stage
+
+    before = tables.read(home.first.uri)
+    version_before, runs_before, _ = home.state()
+
+    real = stage.latest_version
+
+    def broken(session: object, dataset: str) -> object:
+        if dataset == home.first.table:  # the output's parent, read in the success transaction
+            raise OSError("metadata store went away")
+        return real(session, dataset)
+
+    monkeypatch.setattr(stage, "latest_version", broken)
+    with pytest.raises(OSError, match="went away"):
+        run_score(home.settings, SPEC, model_ref=home.version)
+    monkeypatch.undo()
+    # Written, then restored: the restore is a version of its own, with the old content.
+    assert tables.current_version(home.first.uri) == version_before + 2
+    after = tables.read(home.first.uri)
+    assert after.sort("score_run_id", SPEC.events.id).equals(
+        before.sort("score_run_id", SPEC.events.id)
+    )
+    store = home.store()
+    with store.reader() as session:
+        failed = session.query(Run).filter_by(kind="score").order_by(Run.started_at.desc()).first()
+        assert failed.status == "failed" and "went away" in failed.error
+        recorded = session.query(DatasetVersion).filter_by(run_id=failed.id).count()
+    store.dispose()
+    assert recorded == 0 and home.state()[1] == runs_before + 1
+
+
 def _write(tmp_path: Path, home: Home, change: Callable[[pl.DataFrame], pl.DataFrame]) -> str:
     path = tmp_path / "bad.csv"
     change(home.events().head(20)).write_csv(path)

@@ -7,7 +7,9 @@ the registry's verified path (`registry.package.load_version`). The scores land 
 version of a versioned Delta predictions table (default `<use case>_scores`, under
 `<lake>/scores/`), one row per input row, with lineage columns: model name, version and version
 id, feature service, the input table and its version or the input file's sha256, the scoring
-run. The run (kind `score`) and the output's dataset version are committed together.
+run. The run (kind `score`) and the output's dataset version are committed together; a run
+that fails after its Delta commit restores the table's previous content (as a restore version
+of its own), so readers never see scores without their record.
 
 Everything that can be wrong with the input (a missing or unreadable file, an unknown table or
 version, an unknown model, alias or version, events lacking a contract column or an entity key,
@@ -17,6 +19,7 @@ naming the field, and nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import re
@@ -494,6 +497,23 @@ def write_scores(
 # --- the stage -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _undone_on_failure(uri: str) -> Iterator[list[int]]:
+    """Restore the predictions table to what it held before if the block fails after writing
+    (append the version written to the list yielded). Only while the newest version is still
+    the one written: another writer's newer version stays."""
+    from deltalake import DeltaTable
+
+    previous = tables.current_version(uri)
+    written: list[int] = []
+    try:
+        yield written
+    except BaseException:
+        if written and tables.current_version(uri) == written[0]:
+            DeltaTable(uri).restore(previous if previous is not None else 0)
+        raise
+
+
 def run_score(
     settings: Settings,
     spec: UseCaseSpec,
@@ -550,7 +570,10 @@ def run_score(
         "out": name,
         "feature_service": model.feature_service,
     }
-    with ctx.run("score", flow_run_id=flow_run_id, params=params) as run:
+    with (
+        _undone_on_failure(uri) as written,
+        ctx.run("score", flow_run_id=flow_run_id, params=params) as run,
+    ):
         lineage = {
             "run_id": run.run_id,
             "table": scored.table,
@@ -559,6 +582,7 @@ def run_score(
         }
         mark = time.perf_counter()
         version, rows, content_hash = write_scores(uri, frame, model, lineage, progress=progress)
+        written.append(version)
         seconds["score_write"] = time.perf_counter() - mark
         report("write", rows, rows)
         sources = {
