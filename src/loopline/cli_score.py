@@ -45,7 +45,7 @@ def score(
     source: Annotated[
         str | None,
         typer.Argument(
-            metavar="[PATH|TABLE]",
+            metavar="PATH|TABLE",
             help="Events file (CSV/Parquet/JSON) or lake table, TABLE@VERSION for a past one "
             "(default: the use case's events table).",
             show_default=False,
