@@ -12,6 +12,7 @@
     loopline models history fraud-detector --at 2026-03-03T14:00:00Z
     loopline models archive fraud-detector@3
     loopline models export fraud-detector@champion --format onnx --out model.onnx
+    loopline models compare-live fraud-detector --since 24h
 
 A model version is named `NAME@VERSION`, `NAME@ALIAS` or `NAME@latest`. Who acts is `--actor`
 (or LOOPLINE_ACTOR; default: the OS user), in `--role` (or LOOPLINE_ROLE); the use case's
@@ -572,3 +573,126 @@ def models_export(
         f"{result.version}, {result.objective}, outputs {', '.join(result.outputs)}; "
         f"matches LightGBM on {result.checked_rows} rows (max diff {result.max_abs_diff:.2g})"
     )
+
+
+_AGES = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _since(value: str | None, option: str) -> datetime | None:
+    """An ISO time with offset, or an age back from now such as 30m, 24h or 7d."""
+    from datetime import UTC, timedelta
+
+    if value is not None:
+        text = value.strip().lstrip("-")
+        if text[:-1].isdigit() and text[-1:] in _AGES:
+            return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _AGES[text[-1]])
+    return _time(value, option)
+
+
+def _interval(interval: dict[str, Any]) -> str:
+    if interval["value"] is None:
+        return "-"
+    if interval["low"] is None:
+        return f"{interval['value']:.4f}"
+    return f"{interval['value']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]"
+
+
+def _print_live(found: dict[str, Any]) -> None:
+    champion, challenger = found["champion"], found["challenger"]
+    role = found["challenger_role"] or "challenger"
+    window = " to ".join(t[:16] for t in (found["since"] or "start", found["until"] or "now"))
+    console.print(f"[bold]{found['model_name']}[/]: champion vs {role}, {window}")
+    if found["reason"]:
+        console.print(f"  {found['reason']}")
+    if champion is None and challenger is None:
+        return
+    table = Table("", "champion", role, "difference")
+
+    def version(side: dict[str, Any] | None) -> str:
+        return "-" if side is None else f"v{side['model_version']}"
+
+    table.add_row("version", version(champion), version(challenger), "")
+    table.add_row(
+        "rows", _number(champion and champion["rows"]), _number(challenger and challenger["rows"]),
+        "",
+    )  # fmt: skip
+    means = [side and side["mean_score"] for side in (champion, challenger)]
+    gap = means[1] - means[0] if None not in means else None
+    table.add_row("mean score", *(_number(m) for m in means), _number(gap))
+    if champion and champion["threshold"] is not None:
+        table.add_row(
+            "threshold", _number(champion["threshold"]), _number(challenger["threshold"]), ""
+        )
+    metric = found["metric"]
+    if metric:
+        table.add_row(
+            metric["metric"], _interval(metric["champion"]),
+            _interval(metric["challenger"]), _interval(metric["difference"]),
+        )  # fmt: skip
+    console.print(table)
+    agreement, distance = found["agreement"], found["distance"]
+    if agreement:
+        parts = [f"{agreement['pairs']} paired requests"]
+        if agreement["decisions"] is not None:
+            parts.append(f"same decision {agreement['decisions']:.1%}")
+        if agreement["within_share"] is not None:
+            parts.append(f"within 5% {agreement['within_share']:.1%}")
+        parts.append(f"mean |difference| {agreement['mean_abs_difference']:.4g}")
+        console.print("  agreement  " + ", ".join(parts))
+    if distance:
+        console.print(f"  distance   KS {distance['ks']:.4f}, PSI {distance['psi']:.4f}")
+    if metric:
+        better = "higher" if metric["higher_is_better"] else "lower"
+        how = "paired" if metric["paired"] else "unpaired"
+        console.print(
+            f"  labelled   {metric['champion_rows']} / {metric['challenger_rows']} requests; "
+            f"\\[low, high]: 95% interval ({how} bootstrap, {metric['resamples']} resamples); "
+            f"{better} {metric['metric']} is better"
+        )
+    elif found["metric_reason"]:
+        console.print(f"  metric     {found['metric_reason']}")
+    for note in found["notes"]:
+        console.print(f"  note       {note}")
+
+
+@models_app.command("compare-live")
+def models_compare_live(
+    name: Name = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this time (ISO with offset) or age (30m, 24h, 7d).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this time (ISO) or age.")] = None,
+    role: Annotated[
+        str, typer.Option(help="Challenger: shadow, canary, or auto (the one serving last).")
+    ] = "auto",
+    bootstrap: Annotated[
+        int, typer.Option(min=0, max=100_000, help="Bootstrap resamples of the intervals.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    as_json: AsJson = False,
+    use_case: UseCase = "fraud",
+) -> None:
+    """Compare the champion with its shadow or canary on logged traffic (and labels, if any)."""
+    from loopline.monitoring.live_compare import CHALLENGER_ROLES, compare_live
+    from loopline.spec import load_spec
+
+    if role not in CHALLENGER_ROLES:
+        _fail(f"--role {role!r}: must be one of {', '.join(CHALLENGER_ROLES)}")
+    start, end = _since(since, "--since"), _since(until, "--until")
+    if start is not None and end is not None and start >= end:
+        _fail(f"--since {since!r}: must be before --until {until!r}")
+    with _user_errors():
+        spec = _spec_for(name, use_case) if name is not None else load_spec(use_case)
+    settings = _settings()
+    store = _store(settings)
+    try:
+        found = compare_live(
+            settings, spec, model_name=name, challenger_role=role, since=start, until=end,
+            bootstrap=bootstrap, seed=seed, store=store,
+        ).as_dict()  # fmt: skip
+    finally:
+        store.dispose()
+    if as_json:
+        _print_json(found)
+        return
+    _print_live(found)
