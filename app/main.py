@@ -20,6 +20,7 @@ page = st.navigation(
         st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("views/models.py", title="Models", icon=":material/model_training:"),
         st.Page("views/monitoring.py", title="Monitoring", icon=":material/monitoring:"),
+        st.Page("views/predictions.py", title="Predictions", icon=":material/manage_search:"),
     ]
 )
 install(Settings())

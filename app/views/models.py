@@ -1,5 +1,6 @@
 """Models: versions, one version's lineage, gates with their evidence and package check, the
-registry's actions (promote, request and approve, roll back), and the alias history.
+champion against its shadow or canary on live traffic, the registry's actions (promote,
+request and approve, roll back), and the alias history.
 
 Every action goes through `loopline.registry.policy`, the API the CLI uses: the page writes no
 table itself. Who acts is the sidebar's actor (default LOOPLINE_ACTOR, else the OS user) in its
@@ -22,6 +23,7 @@ from loopline.registry.names import RegistryError, normalise_model_name
 from loopline.registry.package import PackageRefused, load_version
 from loopline.spec import SpecError, UseCaseSpec, load_spec
 from loopline.ui import charts
+from loopline.ui import predictions as pq
 from loopline.ui import queries as q
 from loopline.ui.panel import Panel, current_panel, nothing_yet, table, when
 
@@ -145,6 +147,67 @@ def show_evidence(results: tuple[dict, ...]) -> None:
                 table(frame)
 
 
+def show_live_comparison(panel: Panel, model_name: str, use_cases: list[str]) -> None:
+    """The champion against its shadow or canary on logged traffic (`compare_live`)."""
+    st.subheader("Live comparison")
+    use_case = next(
+        (u for u in dict.fromkeys(use_cases) if governing_spec(model_name, [u])[0]), None
+    )
+    if use_case is None:
+        st.caption(f"No use case governs {model_name}: nothing to compare it by.")
+        return
+    role_col, window_col = st.columns(2)
+    role = role_col.selectbox(
+        "Challenger", ["auto", "shadow", "canary"], key="models.live_role",
+        help="auto: whichever of shadow or canary answered last in the window.",
+    )  # fmt: skip
+    window = window_col.selectbox("Window", list(pq.WINDOWS_H), index=1, key="models.live_window")
+    with st.spinner("Comparing on the prediction log"):
+        found = panel.read(
+            pq.live_comparison, use_case=use_case, model_name=model_name, role=role,
+            hours=pq.WINDOWS_H[window],
+        )  # fmt: skip
+    if found.reason:
+        st.info(found.reason, icon=":material/info:")
+    if found.champion is None or found.challenger is None:
+        return
+    challenger = found.challenger_role or "challenger"
+    c1, c2, c3, c4 = st.columns(4)
+    if found.agreement is not None:
+        c1.metric("Paired requests", f"{found.agreement.pairs:,}")
+        if found.agreement.decisions is not None:
+            c2.metric("Same decision", f"{found.agreement.decisions:.1%}")
+        elif found.agreement.within_share is not None:
+            c2.metric("Within 5%", f"{found.agreement.within_share:.1%}")
+    else:
+        c1.metric("Requests", f"{found.champion.rows:,} / {found.challenger.rows:,}")
+        c2.metric(
+            "Canary share",
+            f"{found.challenger.rows / (found.champion.rows + found.challenger.rows):.1%}",
+        )
+    if found.distance is not None:
+        c3.metric("KS distance", f"{found.distance.ks:.3f}")
+        c4.metric("PSI", f"{found.distance.psi:.3f}")
+    chart_col, table_col = st.columns([3, 2])
+    chart_col.altair_chart(
+        charts.live_scores(pq.histogram_frame(found), challenger), width="stretch"
+    )
+    with table_col:
+        table(pq.figure_table(found).rename({"challenger": challenger}))
+        if found.metric is not None:
+            better = "higher" if found.metric.higher_is_better else "lower"
+            how = "the same requests" if found.metric.paired else "each model's own requests"
+            st.caption(
+                f"{found.metric.metric} on labelled requests ({how}); {better} is better. "
+                f"Intervals: 95% bootstrap over {found.metric.resamples} resamples; the "
+                "difference is the challenger's minus the champion's."
+            )
+        elif found.metric_reason:
+            st.caption(f"No live metric: {found.metric_reason}.")
+        for note in found.notes:
+            st.caption(f"Note: {note}.")
+
+
 panel = current_panel()
 st.title("Models")
 
@@ -245,9 +308,11 @@ else:
     st.caption(f"Promotion: {gates.explain()}.")
     show_evidence(gates.results)
 
+spec, no_policy = governing_spec(name, [panel.settings.use_case, model_row["use_case"]])
+show_live_comparison(panel, name, [panel.settings.use_case, model_row["use_case"]])
+
 st.subheader(f"Actions on v{number}")
 show_flash()
-spec, no_policy = governing_spec(name, [panel.settings.use_case, model_row["use_case"]])
 current = panel.query(q.aliases, model_name=name)
 events = panel.query(q.alias_events, model_name=name)
 gates_pass = gates is not None and gates.passed

@@ -588,3 +588,37 @@ def feature_lag(freshness: pl.DataFrame) -> alt.LayerChart:
         )
     )
     return alt.layer(bars).properties(height=_bar_height(freshness.height))
+
+
+def live_scores(histogram: pl.DataFrame, challenger: str) -> alt.Chart:
+    """Score distributions of the champion and its challenger on live traffic, overlaid: the
+    share of each one's requests per score bin.
+
+    Args:
+        histogram: a `predictions.histogram_frame` frame.
+        challenger: the challenger's role (shadow or canary), as labelled in the frame.
+    """
+    return (
+        alt.Chart(histogram.to_pandas())
+        .mark_bar(opacity=0.55, binSpacing=0)
+        .encode(
+            x=alt.X("low:Q", title="score", bin="binned"),
+            x2="high:Q",
+            y=alt.Y("share:Q", title="share of requests", stack=None, axis=alt.Axis(format="%")),
+            color=alt.Color(
+                "role:N",
+                title=None,
+                scale=alt.Scale(
+                    domain=["champion", challenger], range=[CHAMPION_COLOR, OTHER_COLOR]
+                ),
+            ),
+            tooltip=[
+                "role",
+                alt.Tooltip("low", format=".3f", title="from"),
+                alt.Tooltip("high", format=".3f", title="to"),
+                "rows",
+                alt.Tooltip("share", format=".1%"),
+            ],
+        )
+        .properties(height=280)
+    )

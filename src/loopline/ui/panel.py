@@ -47,9 +47,19 @@ def _cached_query(
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def _cached_read(
-    name: str, settings_json: str, _read: Callable[..., Any], _settings: Settings
+    name: str,
+    settings_json: str,
+    params: tuple[tuple[str, Any], ...],
+    _read: Callable[..., Any],
+    _settings: Settings,
 ) -> Any:
-    return _read(_settings)
+    return _read(_settings, **dict(params))
+
+
+def _frozen(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in params.items())
+    )
 
 
 @dataclass(frozen=True)
@@ -61,17 +71,16 @@ class Panel:
 
     def query(self, query: Callable[..., T], **params: Any) -> T:
         """Run `query(store, **params)` through the data cache (lists count as tuples)."""
-        frozen = tuple(
-            sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in params.items())
-        )
         key = f"{query.__module__}.{query.__qualname__}"
-        return _cached_query(key, self.settings.metadata_url, frozen, query, self.store)
+        return _cached_query(key, self.settings.metadata_url, _frozen(params), query, self.store)
 
-    def read(self, read: Callable[[Settings], T]) -> T:
-        """Run `read(settings)` through the data cache: for what lives outside the store
-        (the feature store, the lake), keyed by the whole settings."""
+    def read(self, read: Callable[..., T], **params: Any) -> T:
+        """Run `read(settings, **params)` through the data cache: for what lives outside the
+        store (the feature store, the lake), keyed by the whole settings and the params."""
         key = f"{read.__module__}.{read.__qualname__}"
-        return _cached_read(key, self.settings.model_dump_json(), read, self.settings)
+        return _cached_read(
+            key, self.settings.model_dump_json(), _frozen(params), read, self.settings
+        )
 
     @property
     def primary_metric(self) -> str | None:
