@@ -188,24 +188,20 @@ def show_live_comparison(panel: Panel, model_name: str, use_cases: list[str]) ->
     if found.distance is not None:
         c3.metric("KS distance", f"{found.distance.ks:.3f}")
         c4.metric("PSI", f"{found.distance.psi:.3f}")
-    chart_col, table_col = st.columns([3, 2])
-    chart_col.altair_chart(
-        charts.live_scores(pq.histogram_frame(found), challenger), width="stretch"
-    )
-    with table_col:
-        table(pq.figure_table(found).rename({"challenger": challenger}))
-        if found.metric is not None:
-            better = "higher" if found.metric.higher_is_better else "lower"
-            how = "the same requests" if found.metric.paired else "each model's own requests"
-            st.caption(
-                f"{found.metric.metric} on labelled requests ({how}); {better} is better. "
-                f"Intervals: 95% bootstrap over {found.metric.resamples} resamples; the "
-                "difference is the challenger's minus the champion's."
-            )
-        elif found.metric_reason:
-            st.caption(f"No live metric: {found.metric_reason}.")
-        for note in found.notes:
-            st.caption(f"Note: {note}.")
+    st.altair_chart(charts.live_scores(pq.histogram_frame(found), challenger), width="stretch")
+    table(pq.figure_table(found).rename({"challenger": challenger}))
+    if found.metric is not None:
+        better = "higher" if found.metric.higher_is_better else "lower"
+        how = "the same requests" if found.metric.paired else "each model's own requests"
+        st.caption(
+            f"{found.metric.metric} on labelled requests ({how}); {better} is better. "
+            f"Intervals: 95% bootstrap over {found.metric.resamples} resamples; the "
+            "difference is the challenger's minus the champion's."
+        )
+    elif found.metric_reason:
+        st.caption(f"No live metric: {found.metric_reason}.")
+    for note in found.notes:
+        st.caption(f"Note: {note}.")
 
 
 panel = current_panel()

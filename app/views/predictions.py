@@ -118,6 +118,7 @@ st.dataframe(
     on_select=pick_latest,
     selection_mode="single-row",
     hide_index=True,
-    column_config=column_config(latest),
+    column_config=column_config(latest)
+    | {"latency_ms": st.column_config.NumberColumn("latency", format="%.1f ms")},
 )
 st.caption("Pick a row to look its prediction up; the link of the page then names it.")

@@ -193,9 +193,10 @@ def latest_predictions(settings: Settings, *, limit: int = 50) -> pl.DataFrame:
         return pl.DataFrame(schema=LATEST_SCHEMA)
     return (
         frame.with_columns(pl.col("role").fill_null(CHAMPION))
+        .with_columns(order=pl.col("role").replace_strict(ROLE_ORDER, default=9))
+        .sort(["ts", "order"], descending=[True, False], maintain_order=True)
         .select(list(LATEST_SCHEMA))
         .cast(LATEST_SCHEMA)
-        .reverse()
         .head(limit)
     )
 
