@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(
     use_case: str | None = None,
-    days: int = 60,
+    days: int = 90,
     customers: int = 2000,
     seed: int = 7,
     demo: bool = True,

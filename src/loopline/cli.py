@@ -409,7 +409,7 @@ def serve(
 
 @app.command()
 def up(
-    days: Annotated[int, typer.Option(min=1, max=3650, help="Demo days if no data.")] = 60,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Demo days if no data.")] = 90,
     customers: Annotated[int, typer.Option(min=1, max=1_000_000, help="Demo customers.")] = 2000,
     seed: Annotated[int, typer.Option(help="Demo seed.")] = 7,
     pipeline_run: Annotated[

@@ -395,7 +395,7 @@ def _bring_up(
 def up(
     settings: Settings,
     *,
-    days: int = 60,
+    days: int = 90,
     customers: int = 2000,
     seed: int = 7,
     demo: bool = True,

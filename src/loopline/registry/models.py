@@ -456,11 +456,46 @@ def set_alias(
             )
         revision = expected_revision + 1
     from_version = None if from_id is None else session.get_one(ModelVersion, from_id).version
+    return _record_alias_move(
+        session,
+        model_name=model_name,
+        alias=alias,
+        from_id=from_id,
+        to_id=target.id,
+        revision=revision,
+        action=action,
+        actor=actor,
+        reason=reason,
+        detail={
+            **(detail or {}),
+            "from_version": from_version,
+            "to_version": version,
+            "expected_revision": expected_revision,
+            "revision": revision,
+            "reason": reason,
+        },
+    )
+
+
+def _record_alias_move(
+    session: Session,
+    *,
+    model_name: str,
+    alias: str,
+    from_id: str | None,
+    to_id: str | None,
+    revision: int,
+    action: str,
+    actor: str,
+    reason: str,
+    detail: Mapping[str, Any],
+) -> AliasEvent:
+    """The history event and the audit record of an alias move, in the caller's transaction."""
     event = AliasEvent(
         model_name=model_name,
         alias=alias,
         from_version_id=from_id,
-        to_version_id=target.id,
+        to_version_id=to_id,
         revision=revision,
         action=action,
         actor=actor,
@@ -473,14 +508,7 @@ def set_alias(
         action=f"alias.{action}",
         subject_type="alias",
         subject_id=f"{model_name}@{alias}",
-        detail={
-            **(detail or {}),
-            "from_version": from_version,
-            "to_version": version,
-            "expected_revision": expected_revision,
-            "revision": revision,
-            "reason": reason,
-        },
+        detail=detail,
     )
     session.flush()
     return event
@@ -509,27 +537,18 @@ def delete_alias(
     from_id, revision = current.model_version_id, current.revision + 1
     from_version = session.get_one(ModelVersion, from_id).version
     session.delete(current)
-    event = AliasEvent(
+    return _record_alias_move(
+        session,
         model_name=model.name,
         alias=alias,
-        from_version_id=from_id,
-        to_version_id=None,
+        from_id=from_id,
+        to_id=None,
         revision=revision,
         action="delete",
         actor=actor,
         reason=reason,
-    )
-    session.add(event)
-    audit(
-        session,
-        actor=actor,
-        action="alias.delete",
-        subject_type="alias",
-        subject_id=f"{model.name}@{alias}",
         detail={"from_version": from_version, "to_version": None, "reason": reason},
     )
-    session.flush()
-    return event
 
 
 def rollback_alias(

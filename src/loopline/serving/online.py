@@ -268,24 +268,16 @@ class OnlineFeatures:
             events = self._pending_landing
             self._pending_landing = []
         if rows and self._store is not None:
-            try:
-                self._write_feast(rows)
+            if self._attempt("feast_write_errors", lambda: self._write_feast(rows)):
                 self.stats.feast_rows_written += len(rows)
-            except Exception as exc:
-                self.stats.feast_write_errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("writing fresh rows to the online store failed")
+            else:
                 with self._pending_lock:  # keep them (newer rows win) and try again
                     for row in rows:
                         self._pending_feast.setdefault((row.view, row.entity), row)
         if events:
-            try:
-                self._land(events)
+            if self._attempt("landing_errors", lambda: self._land(events)):
                 self.stats.events_landed += len(events)
-            except Exception as exc:
-                self.stats.landing_errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("landing served events failed")
+            else:
                 with self._pending_lock:
                     self._pending_landing[:0] = events
         with self._pending_lock:
@@ -293,6 +285,17 @@ class OnlineFeatures:
             self.stats.pending_landing = len(self._pending_landing)
         if self._fresh is not None:
             self.stats.entities = {v: self._fresh.entities(v) for v in self._fresh.views}
+
+    def _attempt(self, counter: str, work: Callable[[], None]) -> bool:
+        """Run a background write; on failure count it under `counter` and keep the error."""
+        try:
+            work()
+        except Exception as exc:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("online features: %s", counter.replace("_", " "))
+            return False
+        return True
 
     def reload_if_changed(self) -> bool:
         """Reload the fresh state when the lake's events or labels table moved; True if so."""
