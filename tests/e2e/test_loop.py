@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 from sqlalchemy import select
 
-from loopline.features import feast_ops, transform
+from loopline.features import transform
 from loopline.lake.artifacts import ArtifactStore
 from loopline.registry import models as registry
 from loopline.serving.prediction_log import read_prediction_log
@@ -44,7 +44,7 @@ from loopline.training.model import load_booster
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 SPEC = load_spec("fraud")
-DEMO = ["--days", "60", "--customers", "600"]
+DEMO = ["--days", "90", "--customers", "2000"]
 
 
 def _free_port() -> int:
@@ -88,7 +88,7 @@ def test_up_brings_the_platform_up_and_trains_a_champion(platform: dict[str, str
     assert done.returncode == 0, done.stdout + done.stderr
     assert "loopline is up" in done.stdout
     assert f"127.0.0.1:{platform['LOOPLINE_API_PORT']}" in done.stdout
-    print(f"\nloopline up (cold, 60 days x 600 customers): {time.perf_counter() - started:.1f}s")
+    print(f"\nloopline up (cold, 90 days x 2000 customers): {time.perf_counter() - started:.1f}s")
 
 
 def test_champion_has_lineage_to_run_datasets_and_feature_service(
@@ -137,14 +137,12 @@ def test_predict_over_http_equals_the_offline_model(platform: dict[str, str]) ->
     with store.reader() as session:
         version = registry.get_version(session, SPEC.model_name, served["model_version"])
     booster = load_booster(ArtifactStore(settings.artifacts_dir).get_bytes(version.artifact_id))
-    keys = {"customer_id": 11, "merchant_id": 3}
-    features = feast_ops.online_features(
-        feast_ops.open_store(settings), [keys], version.feature_service, unknown="report"
-    )[0]
-    assert not features.pop(feast_ops.NOT_FOUND)
     logged = read_prediction_log(settings.prediction_log_dir).filter(
         pl.col("request_id") == "e2e-parity-1"
     )
+    # The features it was served (fresh, at the request's time), exactly as logged.
+    features = logged.get_column("features").item()
+    assert features["cust_txn_count_30d"] is not None
     served_at = logged.get_column("ts").item()  # request-time features are relative to it
     row = (
         {k: v for k, v in body.items() if k != "request_id"}
@@ -183,6 +181,14 @@ def test_demo_traffic_was_monitored_into_drift_results(platform: dict[str, str])
     assert set(transform.feature_names(SPEC)) <= features
     assert "prediction" in features
     assert all(r.sample_size >= SPEC.drift.min_rows for r in results)
+    # An untouched demo is a clean baseline: every served value equals the offline one (the
+    # serving tests measure 0 mismatches) and the distributions match training's. Before
+    # fresh features 10 of 41 inputs were flagged here. What the fixed PSI threshold of 0.2
+    # may still flag at 300 rows is merch_fraud_labels_30d: a slow merchant-level count whose
+    # training window held card-testing bursts a one-day window does not (its top bin is
+    # empty at n=300); thresholds calibrated to the window's size are the monitoring issue.
+    drifted = [r.feature for r in results if r.drifted]
+    assert len(drifted) <= 1 and set(drifted) <= {"merch_fraud_labels_30d"}, drifted
 
 
 def test_up_again_reuses_everything(platform: dict[str, str]) -> None:
