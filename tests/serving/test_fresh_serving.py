@@ -31,6 +31,7 @@ from loopline.spec import load_spec
 from loopline.stages import run_features, run_ingest, run_monitor, run_promote, run_train
 from loopline.stages.demo import write_demo_data
 from loopline.stages.features import run_served_skew
+from loopline.stages.score import run_score
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -130,6 +131,22 @@ def test_served_features_equal_the_offline_point_in_time_values(served: Served) 
     assert report["checked"] == len(served.bodies) * len(layout.features)
     bad = [f for f in report["features"] if f["mismatches"]]
     assert report["mismatches"] == 0, bad[:3]
+
+
+def test_batch_scoring_gives_the_served_scores(served: Served) -> None:
+    """The same transform online and in batch: the served events, scored by `loopline score`
+    over the lake table (point-in-time features), get the scores /predict answered."""
+    result = run_score(served.settings, SPEC)
+    scores = pl.read_delta(result.uri, version=result.table_version)
+    answered = {a["event_id"]: a["score"] for a in served.answers}
+    batch = dict(
+        scores.filter(pl.col("transaction_id").is_in(list(answered)))
+        .select("transaction_id", "score")
+        .iter_rows()
+    )
+    assert set(batch) == set(answered)
+    for event_id, score in answered.items():
+        assert batch[event_id] == pytest.approx(score, abs=1e-12), event_id
 
 
 def test_untouched_demo_traffic_raises_no_drift(served: Served) -> None:
