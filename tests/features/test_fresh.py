@@ -71,12 +71,14 @@ def test_scoring_then_folding_each_live_event_matches_the_offline_point_in_time_
     assert checked > 1_000
 
 
-def test_fold_returns_the_row_stamped_when_the_event_becomes_visible():
+def test_the_latest_row_is_stamped_when_the_newest_event_becomes_visible():
     tx = transactions(seed=5, n=400, days=10)
     fresh = FreshFeatures(VIEWS[:1], timestamp=TIMESTAMP)
     fresh.load(tx.head(300))
     event = tx.row(300, named=True)
-    (row,) = fresh.fold(pl.DataFrame([event], schema=tx.schema))
+    touched = fresh.fold(pl.DataFrame([event], schema=tx.schema))
+    assert touched == [("customer_activity", event["customer_id"])]
+    (row,) = fresh.latest_rows(touched)
     offline = customer_activity(tx.head(301))
     visible = customer_activity.window.floor(event[TIMESTAMP]) + customer_activity.grain
     want = _offline_row(offline, "customer_id", event["customer_id"], visible)

@@ -185,19 +185,17 @@ class FreshFeatures:
             out.append(values)
         return out
 
-    def fold(self, events: pl.DataFrame) -> list[ViewValues]:
-        """Add events to every view's state; the rows they make, per view and touched entity.
+    def fold(self, events: pl.DataFrame) -> list[tuple[str, Any]]:
+        """Add events to every view's state; the (view, entity) pairs they touched.
 
-        A returned row is stamped when the newest added event of the entity becomes visible
-        (the end of its grain tile): the row the offline table gets at that instant, ready for
-        the online store.
+        Cheap: nothing is evaluated here (`latest_rows` values the touched entities later).
         """
         if events.is_empty():
             return []
         with self._lock:
             if self._event_schema is None:
                 self._event_schema = dict(events.schema)
-            touched: list[tuple[FreshView, Any, _Entity, datetime]] = []
+            touched: list[tuple[str, Any]] = []
             for name, view in self.views.items():
                 per_entity = self._entities[name]
                 for (entity,), part in events.group_by(view.key, maintain_order=True):
@@ -209,18 +207,30 @@ class FreshFeatures:
                     cut = _prune_before(merged, self.timestamp, view.table.lookback)
                     new = _Entity(cut, old.labels if old else None)
                     per_entity[entity] = new
-                    newest = part.get_column(self.timestamp).max()
                     oldest = part.get_column(self.timestamp).min()
-                    assert isinstance(newest, datetime) and isinstance(oldest, datetime)
+                    assert isinstance(oldest, datetime)
                     seen = self._seen.get((name, entity))
                     if seen is not None and oldest < seen:
                         # A late event changes instants already valued: forget them.
                         self._late[(name, entity)] = self._late.get((name, entity), 0) + 1
-                    touched.append((view, entity, new, view.table.window.floor(newest)))
-        return [
-            self._evaluate(view, entity, state, instant + view.table.grain)
-            for view, entity, state, instant in touched
-        ]
+                    touched.append((name, entity))
+        return touched
+
+    def latest_rows(self, keys: Sequence[tuple[str, Any]]) -> list[ViewValues]:
+        """Per (view, entity): the row stamped when the entity's newest event becomes visible
+        (the end of its grain tile), the row the offline table gets then: for the online store.
+        """
+        out = []
+        for name, entity in dict.fromkeys(keys):
+            view = self.views[name]
+            state = self._entities[name].get(entity)
+            if state is None or state.events.is_empty():
+                continue
+            newest = state.events.get_column(self.timestamp).max()
+            assert isinstance(newest, datetime)
+            instant = view.table.window.floor(newest) + view.table.grain
+            out.append(self._evaluate(view, entity, state, instant))
+        return out
 
     def entities(self, view: str) -> int:
         """How many entities of a view are held."""

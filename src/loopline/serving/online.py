@@ -141,7 +141,7 @@ class OnlineFeatures:
         self._fresh: FreshFeatures | None = None
         self._tables: dict[str, WindowedFeatures] = {}
         self._lake_versions: tuple[int | None, int | None] = (None, None)
-        self._pending_feast: dict[tuple[str, Any], ViewValues] = {}
+        self._pending_feast: dict[tuple[str, Any], None] = {}  # touched (view, entity), ordered
         self._pending_landing: list[dict[str, Any]] = []
         self._pending_lock = threading.Lock()
         self._open_lock = threading.Lock()
@@ -247,14 +247,14 @@ class OnlineFeatures:
         return ServedFeatures(values, stamps, unknown, tuple(fresh_names))
 
     def fold(self, events: Sequence[Mapping[str, Any]]) -> None:
-        """Add events after they were scored: fresh state now, Feast and the lake shortly."""
+        """Add events: fresh state now; their rows to Feast and the events to the lake on the
+        next flush (a background thread, every FLUSH_S)."""
         if not events:
             return
         frame = event_frame(events, self.spec)
-        rows = self._fresh.fold(frame) if self._fresh is not None else []
+        touched = self._fresh.fold(frame) if self._fresh is not None else []
         with self._pending_lock:
-            for row in rows:
-                self._pending_feast[(row.view, row.entity)] = row
+            self._pending_feast.update(dict.fromkeys(touched))
             self._pending_landing.extend(frame.to_dicts())
             self.stats.events_folded += frame.height
             self.stats.pending_feast_rows = len(self._pending_feast)
@@ -263,17 +263,18 @@ class OnlineFeatures:
     def flush(self) -> None:
         """Write pending rows to Feast's online store and land pending events, now."""
         with self._pending_lock:
-            rows = list(self._pending_feast.values())
+            touched = list(self._pending_feast)
             self._pending_feast.clear()
             events = self._pending_landing
             self._pending_landing = []
-        if rows and self._store is not None:
+        if touched and self._store is not None and self._fresh is not None:
+            # Each touched entity valued once per flush, at its newest event's visibility.
+            rows = self._fresh.latest_rows(touched)
             if self._attempt("feast_write_errors", lambda: self._write_feast(rows)):
                 self.stats.feast_rows_written += len(rows)
             else:
-                with self._pending_lock:  # keep them (newer rows win) and try again
-                    for row in rows:
-                        self._pending_feast.setdefault((row.view, row.entity), row)
+                with self._pending_lock:  # try again with the next flush
+                    self._pending_feast.update(dict.fromkeys(touched))
         if events:
             if self._attempt("landing_errors", lambda: self._land(events)):
                 self.stats.events_landed += len(events)

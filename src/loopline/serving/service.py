@@ -8,8 +8,12 @@ prediction log and the shadow worker. Its methods are what the routes call; the 
   (`serving.canary_share`, by a hash of `serving.sticky_key`) goes to the canary.
 - Every answered prediction is logged before it is returned; a prediction that cannot be logged
   is refused (503), never answered untraceable.
-- An event scored by entity keys is folded into the online features after it was scored; a
-  request with a full feature payload is scored as given and folded nowhere.
+- An event scored by entity keys is folded into the online features before it is valued: it is
+  valued at the start of its grain tile, which it is not in, so it never sees itself, and every
+  row of a batch sees the earlier rows, as the offline join does. A request with a full
+  feature payload is scored as given and folded nowhere. Bad input (4xx) is refused before
+  anything is folded; an event folded and then refused by the log (503) stays folded (it
+  happened) and lands with the others.
 - A shadow version scores the same events on a worker thread after the response is computed,
   logged with role "shadow" and never returned; when its queue is full the shadow scoring is
   skipped and counted, so it never slows the answer down.
@@ -162,7 +166,7 @@ class PredictionService:
     # -- scoring -----------------------------------------------------------------------------
 
     def predict(self, events: Sequence[Event], *, received_at: datetime) -> list[Scored]:
-        """Score events in order, log them, fold them in, queue the shadow; the answers.
+        """Fold events in, value and score them in order, log them, queue the shadow; the answers.
 
         Raises:
             RequestError: a full feature payload does not match the model's service.
@@ -174,15 +178,13 @@ class PredictionService:
         for event, model, _ in routed:
             if event.payload is not None:  # checked for every row before anything happens
                 payload_features(event, self.spec, model.feature_service)
-        items: list[tuple[Event, ServedFeatures, LoadedModel, str]] = []
-        folded: list[Event] = []
-        for event, model, role in routed:
-            served = self._features(event, model)
-            items.append((event, served, model, role))
-            if event.payload is None and len(events) > 1:
-                # A later row of the batch sees this one, as the offline join would.
-                self.online.fold([event.row(self.spec)])
-                folded.append(event)
+        # Folded first: an event is valued at the start of its grain tile, which it is not in,
+        # so this changes nothing for it, and a concurrent later request sees it sooner.
+        keyed = [event.row(self.spec) for event in events if event.payload is None]
+        if keyed:
+            self.online.fold(keyed)
+        items = [(event, self._features(event, model), model, role)
+                 for event, model, role in routed]  # fmt: skip
         scored = self._score_grouped(items)
         latency = (time.perf_counter() - started) * 1e3 / max(1, len(events))
         records = [log_record(s, self.spec, received_at=received_at, latency_ms=latency)
@@ -192,9 +194,6 @@ class PredictionService:
         except (PredictionLogError, OSError) as exc:
             log.exception("prediction log write failed")
             raise ServiceUnavailable(f"prediction log refused the prediction: {exc}") from exc
-        rest = [e for e, *_ in items if e.payload is None and e not in folded]
-        if rest:
-            self.online.fold([e.row(self.spec) for e in rest])
         self._queue_shadow(items)
         return scored
 
