@@ -78,7 +78,8 @@ import httpx
 SERVICE = "fraud_v2"
 # Request ids start with serve<tag>-: the phase that sent them (parity is reported per phase).
 PHASE_TAGS = {"predict warm-up": "W", "predict": "P", "batch warm-up": "V", "batch": "B",
-              "sequential": "S", "sequential warm-up": "T"}  # fmt: skip
+              "sequential": "S", "sequential warm-up": "T", "shadow warm-up": "X",
+              "shadow": "H"}  # fmt: skip
 
 # One wrk thread; bodies fed in order from a file (one JSON per line). Without "wrap" the thread
 # stops after the last body (each event is sent once); with it the file is cycled (reads).
@@ -266,6 +267,30 @@ def wrk(
     }
 
 
+def shadow_alias(settings: Any, spec: Any, url: str, timeout_s: float = 30) -> None:
+    """Point the shadow alias at the champion's version; wait until the service follows."""
+    from loopline.registry.models import CHAMPION, get_alias, set_alias
+    from loopline.store import Store
+
+    store = Store.open(settings)
+    try:
+        with store.session() as session:
+            champion = get_alias(session, spec.model_name, CHAMPION)
+            assert champion is not None
+            version = champion.model_version.version
+            current = get_alias(session, spec.model_name, spec.serving.shadow_alias)
+            set_alias(session, model_name=spec.model_name, alias=spec.serving.shadow_alias,
+                      version=version, expected_revision=current.revision if current else None,
+                      actor="bench/serve.py", action="set")  # fmt: skip
+    finally:
+        store.dispose()
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/health", timeout=10).json().get("shadow") != version:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not pick up the shadow alias")
+        time.sleep(0.2)
+
+
 def settle(url: str, quiet_s: float = 1.0, timeout_s: float = 300) -> dict[str, Any]:
     """Wait until the service has finished the requests a wrk run left in flight (its
     counters stop moving); its /health then."""
@@ -403,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rps", type=float, default=1500.0,
                         help="bodies are built for at most this many predictions/s")  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None, help="build the home here, keep it")
+    parser.add_argument(
+        "--shadow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end with a /predict phase while a shadow scores every request",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("[serve] ABORT: wrk not found (apt-get install wrk)", file=sys.stderr)
@@ -443,12 +474,16 @@ def main(argv: list[str] | None = None) -> int:
         n_rows = max(len(base), math.ceil(args.max_rps * 1.5 * span / args.batch_rows)
                      * args.batch_rows)  # fmt: skip
         n_seq = math.ceil(args.max_rps * args.sequential)
+        n_shadow = n_predict if args.shadow else 0
         stream = timeline(base, spec, start=now - timedelta(days=1) + timedelta(minutes=1),
                           end=datetime.now(UTC) - timedelta(minutes=1),
-                          total=n_predict + n_rows + n_seq)  # fmt: skip
+                          total=n_predict + n_rows + n_seq + n_shadow)  # fmt: skip
         split: dict[str, tuple[Path, Path]] = {}
-        parts = {"predict": stream[:n_predict], "batch": stream[n_predict : n_predict + n_rows],
-                 "sequential": stream[n_predict + n_rows :]}  # fmt: skip
+        ends = [n_predict, n_predict + n_rows, n_predict + n_rows + n_seq]
+        parts = {"predict": stream[: ends[0]], "batch": stream[ends[0] : ends[1]],
+                 "sequential": stream[ends[1] : ends[2]]}  # fmt: skip
+        if args.shadow:
+            parts["shadow"] = stream[ends[2] :]
         for name, events in parts.items():
             cut = int(len(events) * args.warmup / span) if name != "sequential" else 0
             if name == "batch":
@@ -537,9 +572,16 @@ def main(argv: list[str] | None = None) -> int:
                 phases["sequential"] = result
                 _progress(f"sequential: {json.dumps(result)}")
                 health = settle(api_url)
+            if args.shadow:
+                # The champion's own version as the shadow: what shadow scoring costs the
+                # answer (same load, same connections as the /predict phase).
+                shadow_alias(settings, spec, api_url)
+                run("shadow", api_url, "/predict", *split["shadow"], wrap=False)
+                health = settle(api_url)
             _progress(f"health after load: {json.dumps(health)}")
             for name, result in phases.items():
                 sent = {"predict": n_predict * (1 - args.warmup / span),
+                        "shadow": n_shadow * (1 - args.warmup / span),
                         "batch": n_rows / args.batch_rows * (1 - args.warmup / span),
                         "sequential": n_seq}.get(name)  # fmt: skip
                 if sent is not None and result["requests"] > sent:
@@ -609,6 +651,10 @@ def main(argv: list[str] | None = None) -> int:
         "batch_rows": args.batch_rows,
         "customers": args.customers,
         "live_events_per_pass": len(base),
+        "shadow_p99_ms": phases.get("shadow", {}).get("p99_ms"),
+        "shadow_p99_rise_ms": (
+            round(phases["shadow"]["p99_ms"] - predict["p99_ms"], 2) if "shadow" in phases else None
+        ),
         "p99_target_met": predict["p99_ms"] <= feast["p99_ms"],
         "throughput_target_met": max(predict["rps"], batch_rows_per_s) >= 1000,
         "phases": phases,
