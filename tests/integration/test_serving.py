@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -187,6 +187,39 @@ def wait_for_champion(api: Server, version: int) -> None:
         time.sleep(0.05)
 
 
+def traffic_during(
+    api: Server, action: Callable[[], None], *, clients: int = 1
+) -> list[tuple[int, int]]:
+    """(status, model version) of every /predict sent by `clients` threads while `action` runs
+    (with 0.3 s of traffic before and after it); a client's exception fails the caller."""
+    seen: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        try:
+            with httpx.Client(base_url=api.url, timeout=10) as client:
+                while not stop.is_set():
+                    r = client.post("/predict", json=VALID)
+                    seen.append((r.status_code, r.json().get("model_version", -1)))
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    senders = [threading.Thread(target=traffic) for _ in range(clients)]
+    for sender in senders:
+        sender.start()
+    try:
+        time.sleep(0.3)
+        action()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(timeout=10)
+    assert errors == []
+    return seen
+
+
 def test_predict_lifecycle_and_live_promotion(home: Home, api: Server) -> None:
     # No champion yet: the process is up, predictions are refused with a reason.
     health = api.client.get("/health").json()
@@ -218,30 +251,11 @@ def test_predict_lifecycle_and_live_promotion(home: Home, api: Server) -> None:
         assert len(got["request_id"]) > 0
 
     # Promote while a client keeps sending: every request answers, versions move forward once.
-    seen: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        try:
-            with httpx.Client(base_url=api.url, timeout=10) as client:
-                while not stop.is_set():
-                    r = client.post("/predict", json=VALID)
-                    seen.append((r.status_code, r.json().get("model_version", -1)))
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
-
-    sender = threading.Thread(target=traffic)
-    sender.start()
-    try:
-        time.sleep(0.3)
+    def promote_two() -> None:
         home.promote(2)
         wait_for_champion(api, 2)
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        sender.join(timeout=10)
-    assert errors == []
+
+    seen = traffic_during(api, promote_two)
     statuses = {status for status, _ in seen}
     versions = [v for _, v in seen]
     assert statuses == {200}

@@ -6,18 +6,25 @@ prediction log and API keys are real.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from serving.auth_helpers import assert_every_route_guarded
-from test_serving import VALID, Home, Server, expected_score, fake_features, make_home, serve
+from test_serving import (
+    VALID,
+    Home,
+    Server,
+    expected_score,
+    fake_features,
+    make_home,
+    serve,
+    traffic_during,
+)
 
 from loopline.registry.models import delete_alias, get_alias, set_alias
 from loopline.serving.api_keys import create_key
@@ -125,35 +132,15 @@ def test_shadow_scores_every_request_and_never_changes_the_answer(
 
 def test_promotion_and_rollback_under_load_drop_nothing(routed: tuple[Home, Server]) -> None:
     home, api = routed
-    seen: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
-    def traffic() -> None:
-        try:
-            with httpx.Client(base_url=api.url, timeout=10) as client:
-                while not stop.is_set():
-                    r = client.post("/predict", json=VALID)
-                    seen.append((r.status_code, r.json().get("model_version", -1)))
-        except BaseException as exc:
-            errors.append(exc)
-
-    senders = [threading.Thread(target=traffic) for _ in range(3)]
-    for sender in senders:
-        sender.start()
-    try:
-        time.sleep(0.3)
+    def promote_and_roll_back() -> None:
         home.promote(2)
         _wait(api, "champion", 2)
         time.sleep(0.3)
         home.promote(1)  # the rollback
         _wait(api, "champion", 1)
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        for sender in senders:
-            sender.join(timeout=10)
-    assert errors == []
+
+    seen = traffic_during(api, promote_and_roll_back, clients=3)
     assert len(seen) > 50
     assert {status for status, _ in seen} == {200}
     assert {version for _, version in seen} == {1, 2}
