@@ -252,24 +252,19 @@ class FreshFeatures:
         unknown = ViewValues(view.name, entity, dict.fromkeys(features), None)
         if state is None:
             return unknown
-        events = state.events.filter(pl.col(self.timestamp) < instant)
         labels = state.labels
-        if labels is not None and self.label_timestamp is not None:
-            labels = labels.filter(pl.col(self.label_timestamp) < instant)
-        if events.is_empty() and (labels is None or labels.is_empty()):
-            return unknown
         if view.table.uses_labels and labels is None:
             labels = _empty_labels(self._label_schema, view.key, self.label_timestamp)
+        # No filter first: the engine only counts what is visible at `instant` (what happened
+        # before it) and emits rows stamped at or before it, sorted by time.
         rows = [
             chunk
-            for chunk in view.table.chunks(events, until=instant, labels=labels)
+            for chunk in view.table.chunks(state.events, until=instant, labels=labels)
             if chunk.height
         ]
         if not rows:
             return unknown
-        last = rows[-1].filter(pl.col(TIMESTAMP) <= instant).tail(1)
-        if last.is_empty():
-            return unknown
+        last = rows[-1].tail(1)
         stamp = last.get_column(TIMESTAMP).item()
         if view.ttl is not None and stamp < instant - view.ttl:
             return unknown
