@@ -79,7 +79,8 @@ SERVICE = "fraud_v2"
 # Request ids start with serve<tag>-: the phase that sent them (parity is reported per phase).
 PHASE_TAGS = {"predict warm-up": "W", "predict": "P", "batch warm-up": "V", "batch": "B",
               "sequential": "S", "sequential warm-up": "T", "shadow warm-up": "X",
-              "shadow": "H"}  # fmt: skip
+              "shadow": "H", "shadow sequential": "Y",
+              "shadow sequential warm-up": "Z"}  # fmt: skip
 
 # One wrk thread; bodies fed in order from a file (one JSON per line). Without "wrap" the thread
 # stops after the last body (each event is sent once); with it the file is cycled (reads).
@@ -475,17 +476,19 @@ def main(argv: list[str] | None = None) -> int:
                      * args.batch_rows)  # fmt: skip
         n_seq = math.ceil(args.max_rps * args.sequential)
         n_shadow = n_predict if args.shadow else 0
+        n_shadow_seq = n_seq if args.shadow else 0
         stream = timeline(base, spec, start=now - timedelta(days=1) + timedelta(minutes=1),
                           end=datetime.now(UTC) - timedelta(minutes=1),
-                          total=n_predict + n_rows + n_seq + n_shadow)  # fmt: skip
+                          total=n_predict + n_rows + n_seq + n_shadow + n_shadow_seq)  # fmt: skip
         split: dict[str, tuple[Path, Path]] = {}
         ends = [n_predict, n_predict + n_rows, n_predict + n_rows + n_seq]
         parts = {"predict": stream[: ends[0]], "batch": stream[ends[0] : ends[1]],
                  "sequential": stream[ends[1] : ends[2]]}  # fmt: skip
         if args.shadow:
-            parts["shadow"] = stream[ends[2] :]
+            parts["shadow"] = stream[ends[2] : ends[2] + n_shadow]
+            parts["shadow sequential"] = stream[ends[2] + n_shadow :]
         for name, events in parts.items():
-            cut = int(len(events) * args.warmup / span) if name != "sequential" else 0
+            cut = int(len(events) * args.warmup / span) if "sequential" not in name else 0
             if name == "batch":
                 cut -= cut % args.batch_rows
             warm, measured = work / f"{name}.warm.jsonl", work / f"{name}.measured.jsonl"
@@ -578,6 +581,13 @@ def main(argv: list[str] | None = None) -> int:
                 shadow_alias(settings, spec, api_url)
                 run("shadow", api_url, "/predict", *split["shadow"], wrap=False)
                 health = settle(api_url)
+                if args.sequential > 0:  # below saturation: one request at a time
+                    result = wrk(api_url, "/predict", split["shadow sequential"][1],
+                                 connections=1, seconds=args.sequential, wrap=False,
+                                 work=work)  # fmt: skip
+                    phases["shadow sequential"] = result
+                    _progress(f"shadow sequential: {json.dumps(result)}")
+                    health = settle(api_url)
             _progress(f"health after load: {json.dumps(health)}")
             for name, result in phases.items():
                 sent = {"predict": n_predict * (1 - args.warmup / span),
@@ -654,6 +664,11 @@ def main(argv: list[str] | None = None) -> int:
         "shadow_p99_ms": phases.get("shadow", {}).get("p99_ms"),
         "shadow_p99_rise_ms": (
             round(phases["shadow"]["p99_ms"] - predict["p99_ms"], 2) if "shadow" in phases else None
+        ),
+        "shadow_sequential_p99_rise_ms": (
+            round(phases["shadow sequential"]["p99_ms"] - phases["sequential"]["p99_ms"], 2)
+            if "shadow sequential" in phases and "sequential" in phases
+            else None
         ),
         "p99_target_met": predict["p99_ms"] <= feast["p99_ms"],
         "throughput_target_met": max(predict["rps"], batch_rows_per_s) >= 1000,
