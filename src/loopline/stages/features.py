@@ -179,6 +179,7 @@ def run_served_skew(
     Compares up to `sample` logged predictions (champion and canary answers scored by entity
     keys; full-payload requests are the caller's values and are skipped). The offline tables
     must already hold the served events: ingest the landed events and build the features first.
+    Requests later than a table's watermark are not compared for its view (`beyond_watermark`).
 
     Raises:
         StageError: nothing logged to compare, or the log predates served-feature logging.
@@ -206,9 +207,15 @@ def run_served_skew(
     store = feast_ops.open_store(settings)
     ctx = open_context(settings, spec)
     params = {"step": "skew-served", "sample": sample, "seed": seed}
+    from loopline.features import delta_tables
+
+    watermarks = {}
+    for table in spec.features.tables:
+        state = delta_tables.state(tables.table_uri(settings.lake_dir, table.name))
+        watermarks[table.name] = state.watermark if state is not None else None
     with ctx.run("features", flow_run_id=flow_run_id, params=params) as run:
         try:
-            report = served_skew(store, logged, spec).as_dict()
+            report = served_skew(store, logged, spec, watermarks=watermarks).as_dict()
         except ValueError as exc:
             raise StageError(str(exc)) from exc
         run.log_metrics(
