@@ -461,7 +461,8 @@ def _recent(scan: pl.LazyFrame, ts: str, lookback: timedelta, keys: list[str]) -
     older = [
         scan.filter(pl.col(ts) < low).sort(ts).group_by(key).tail(1).select(columns) for key in keys
     ]
-    return pl.concat([recent, *older]).unique(maintain_order=False)
+    # An event may be the older one of two entities: `_read_lake` keeps one copy by event id.
+    return pl.concat([recent, *older])
 
 
 def _feast_lookup(store: Any) -> FeatureLookup:

@@ -61,12 +61,8 @@ def _response(scored: Scored) -> PredictionResponse:
     )
 
 
-def _event(
-    service: PredictionService, body: BaseModel, *, now: Any, index: int | None = None
-) -> Event:
+def _event(service: PredictionService, body: BaseModel, *, now: Any) -> Event:
     request_id = getattr(body, "request_id", None) or uuid.uuid4().hex
-    if index is not None:
-        request_id = getattr(body, "request_id", None) or f"{uuid.uuid4().hex}"
     return event_of(body, service.spec, now=now, request_id=request_id)
 
 
@@ -92,7 +88,7 @@ def predict_router(
         """Score many events in order (each sees the earlier ones); one answer per row."""
         now = utcnow()
         rows = body.rows  # type: ignore[attr-defined]
-        events = [_event(service, row, now=now, index=i) for i, row in enumerate(rows)]
+        events = [_event(service, row, now=now) for row in rows]
         scored = service.predict(events, received_at=now)
         return BatchPredictionResponse(predictions=[_response(s) for s in scored])
 
@@ -107,10 +103,7 @@ def events_router(events_model: type[BaseModel], *, dependencies: Sequence[Any] 
     def push_events(body: events_model, service: ServiceDep) -> EventsResponse:  # type: ignore[valid-type]
         """Fold events into the online features (and land them in the lake)."""
         now = utcnow()
-        events = [
-            event_of(e, service.spec, now=now, request_id=uuid.uuid4().hex)
-            for e in body.events  # type: ignore[attr-defined]
-        ]
+        events = [_event(service, e, now=now) for e in body.events]  # type: ignore[attr-defined]
         return EventsResponse(accepted=service.push(events))
 
     return router
